@@ -1,0 +1,46 @@
+# reprolab: `make repro` runs the pipeline, `make test` runs the tests; both set up first.
+# Reuse an existing environment with VENV=/path/to/venv (it is installed into if needed).
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.reprolab-installed
+RUN := PATH="$(BIN):$$PATH"
+
+.DEFAULT_GOAL := help
+.PHONY: help install repro test test-fast lint format ui dashboard clean-stores
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create $(VENV) and install reprolab with pinned dependencies (pip)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+repro: install ## run the DVC pipeline on params.yaml (default: the embedded digits dataset)
+	$(RUN) dvc repro
+
+test: install ## run the whole test suite (slow end-to-end cases included)
+	$(RUN) python -m pytest
+
+test-fast: install ## run the tests without the slow end-to-end cases
+	$(RUN) python -m pytest -m "not slow"
+
+lint: install ## ruff check and format check
+	$(RUN) ruff check . && $(RUN) ruff format --check .
+
+format: install ## ruff fix and format
+	$(RUN) ruff check --fix . && $(RUN) ruff format .
+
+ui: install ## open the MLflow UI on the repo's tracking store (http://127.0.0.1:5000)
+	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+dashboard: install ## open optuna-dashboard on the study storage (http://127.0.0.1:8080)
+	$(RUN) optuna-dashboard sqlite:///$(CURDIR)/.optuna/studies.db --host 127.0.0.1 --port 8080
+
+clean-stores: ## delete the local MLflow store and Optuna studies (DVC outputs stay)
+	rm -rf mlflow.db mlartifacts .optuna

@@ -1,0 +1,55 @@
+"""What the tune, train and evaluate stages share for one model: device, data, builder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from reprolab import paths
+from reprolab.config import ModelSpec, Params
+from reprolab.data.tensors import TensorData, load_meta, load_split
+from reprolab.engine import seed_everything, select_device
+from reprolab.io import md5_file
+from reprolab.models._base import ModelSpec as ArchSpec
+from reprolab.models._base import build_model
+
+
+@dataclass
+class ModelContext:
+    params: Params
+    name: str
+
+    def __post_init__(self) -> None:
+        self.spec: ModelSpec = self.params.model(self.name)
+        self.device: torch.device = select_device(self.params.device)
+        seed_everything(self.params.seed, self.params.threads)
+
+    @cached_property
+    def meta(self) -> dict:
+        return load_meta(paths.SPLITS)
+
+    @cached_property
+    def arch_spec(self) -> ArchSpec:
+        return ArchSpec(
+            arch=self.spec.arch,
+            options=dict(self.spec.options),
+            input_shape=tuple(self.meta["input_shape"]),
+            n_outputs=len(self.meta["classes"]),
+            mean=self.meta["mean"],
+            std=self.meta["std"],
+        )
+
+    def new_model(self) -> nn.Module:
+        """A freshly initialised model; the same seed gives the same weights every call."""
+        torch.manual_seed(self.params.seed)
+        return build_model(self.arch_spec).to(self.device)
+
+    def load(self, split: str) -> TensorData:
+        return load_split(paths.split_file(split), self.device)
+
+    def data_md5(self, splits: tuple[str, ...]) -> list[tuple[str, str]]:
+        """md5 of each split file read: the same hash DVC records for it in dvc.lock."""
+        return [(s, md5_file(paths.split_file(s))) for s in splits]

@@ -1,0 +1,91 @@
+"""Materialise a dataset's original files under data/raw/<name>/, checksummed.
+
+Each file is looked up in the mirror first (a local folder or a URL prefix), then where the
+source says it lies (a bundled copy or its own download). The folder appears only once every
+file is present, verified and parseable, so a failure leaves data/ as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reprolab import registry
+from reprolab.io import atomic_dir, md5_file
+
+
+class DataError(RuntimeError):
+    """A dataset file is missing, corrupt, or holds data the pipeline cannot use."""
+
+
+@dataclass
+class Arrays:
+    """A dataset in memory: images as uint8 (N, C, H, W), labels as int64 (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: list[str] = field(default_factory=list)
+    task: str = "classification"
+
+
+def _from_mirror(mirror: str, dataset: str, file_name: str, dest: Path) -> bool:
+    if "://" in mirror:
+        url = f"{mirror.rstrip('/')}/{dataset}/{file_name}"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError:
+            return False
+        return True
+    for candidate in (Path(mirror) / dataset / file_name, Path(mirror) / file_name):
+        if candidate.is_file():
+            shutil.copyfile(candidate, dest)
+            return True
+    return False
+
+
+def check_arrays(arrays: Arrays, dataset: str) -> None:
+    if len(arrays.x) == 0:
+        raise DataError(f"dataset {dataset!r} is empty: check its files under the mirror/source")
+    if len(arrays.x) != len(arrays.y):
+        raise DataError(f"dataset {dataset!r}: {len(arrays.x)} inputs but {len(arrays.y)} labels")
+    if arrays.task == "classification":
+        n_classes = len(np.unique(arrays.y))
+        if n_classes < 2:
+            raise DataError(f"dataset {dataset!r} has {n_classes} class; a classifier needs 2+")
+
+
+def fetch_dataset(dataset: str, raw_dir: Path, mirror: str | None = None) -> dict[str, str]:
+    """Write the verified original files of ``dataset`` to ``raw_dir``; return {file: md5}."""
+    source = registry.dataset_module(dataset)
+    with atomic_dir(raw_dir) as tmp:
+        for file_name, expected in source.FILES.items():
+            dest = tmp / file_name
+            if not (mirror and _from_mirror(mirror, dataset, file_name, dest)):
+                found = source.locate(file_name)
+                if found is None:
+                    where = f"mirror {mirror!r} nor " if mirror else ""
+                    raise DataError(
+                        f"{dataset}: {file_name} is in neither {where}the source's location; "
+                        f"put the original file (md5 {expected}) in <mirror>/{dataset}/"
+                        f" and set `mirror` in params.yaml"
+                    )
+                shutil.copyfile(found, dest)
+            actual = md5_file(dest)
+            if actual != expected:
+                raise DataError(
+                    f"{dataset}: {file_name} has md5 {actual}, expected {expected}; the file is "
+                    "corrupt or truncated: delete it from the mirror and fetch it again"
+                )
+        check_arrays(source.load(tmp), dataset)
+    return dict(source.FILES)
+
+
+def load_raw(dataset: str, raw_dir: Path) -> Arrays:
+    arrays = registry.dataset_module(dataset).load(raw_dir)
+    check_arrays(arrays, dataset)
+    return arrays

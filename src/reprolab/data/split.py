@@ -1,0 +1,81 @@
+"""The stratified, seeded train/val/test split, written once as separate files.
+
+Only ``evaluate`` may read test.npz; meta.json carries what other stages need to know
+about the data (shape, classes, and normalisation statistics from the train split only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from reprolab.data.fetch import Arrays, DataError
+from reprolab.io import atomic_path, write_json
+
+SPLITS = ("train", "val", "test")
+
+
+def split_indices(
+    y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Stratified indices for train/val/test; sorted, so file order does not depend on RNG."""
+    index = np.arange(len(y))
+    stratify = y if _can_stratify(y, val_fraction, test_fraction) else None
+    rest, test = train_test_split(
+        index, test_size=test_fraction, random_state=seed, stratify=stratify
+    )
+    val_of_rest = val_fraction / (1.0 - test_fraction)
+    train, val = train_test_split(
+        rest,
+        test_size=val_of_rest,
+        random_state=seed,
+        stratify=None if stratify is None else y[rest],
+    )
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _can_stratify(y: np.ndarray, val_fraction: float, test_fraction: float) -> bool:
+    if not np.issubdtype(y.dtype, np.integer):
+        return False  # regression targets
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    smallest = min(val_fraction, test_fraction) * len(y)
+    if counts.min() < 3 or smallest < len(counts):
+        raise DataError(
+            f"cannot stratify: the rarest class has {counts.min()} samples and the smallest "
+            f"split {smallest:.0f} rows for {len(counts)} classes; lower the split fractions "
+            "or use a larger dataset"
+        )
+    return True
+
+
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (axis 1 is channels/features), from the train split only."""
+    axes = tuple(i for i in range(x.ndim) if i != 1)
+    values = x.astype(np.float64)
+    mean = values.mean(axis=axes)
+    std = values.std(axis=axes)
+    std[std == 0] = 1.0
+    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+
+def write_splits(
+    arrays: Arrays, out_dir: Path, val_fraction: float, test_fraction: float, seed: int
+) -> dict:
+    indices = split_indices(arrays.y, val_fraction, test_fraction, seed)
+    for name in SPLITS:
+        with atomic_path(out_dir / f"{name}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, x=arrays.x[indices[name]], y=arrays.y[indices[name]])
+    mean, std = channel_stats(arrays.x[indices["train"]])
+    meta = {
+        "task": arrays.task,
+        "classes": arrays.classes,
+        "input_shape": list(arrays.x.shape[1:]),
+        "mean": mean,
+        "std": std,
+        "sizes": {name: int(len(idx)) for name, idx in indices.items()},
+    }
+    write_json(out_dir / "meta.json", meta)
+    return meta

@@ -1,0 +1,34 @@
+"""Splits as tensors on the training device; batches are taken by index, no DataLoader."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TensorData:
+    """Inputs kept compact (uint8 images stay uint8) and cast per batch on the device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index].float(), self.y[index]
+
+
+def load_split(path: Path, device: torch.device) -> TensorData:
+    with np.load(path) as data:
+        x, y = data["x"], data["y"]
+    return TensorData(x=torch.from_numpy(x).to(device), y=torch.from_numpy(y).to(device))
+
+
+def load_meta(split_dir: Path) -> dict:
+    return json.loads((split_dir / "meta.json").read_text())

@@ -1,0 +1,150 @@
+"""MLflow wiring: one experiment per dataset, one parent run per model and study,
+a nested run per Optuna trial, the final model logged and registered.
+
+The parent run is found again by its tags, so the tune, train and evaluate stages (separate
+processes) all log into it without any run id in a DVC-tracked file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from reprolab.paths import workspace_root
+
+TAG_MODEL = "reprolab.model"
+TAG_STUDY = "reprolab.study"
+TAG_ROLE = "reprolab.role"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else an absolute SQLite store in the workspace root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root() / 'mlflow.db'}"
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def registered_name(dataset: str, model: str) -> str:
+    return f"{dataset}-{model}"
+
+
+class Tracker:
+    """The MLflow side of one model in one stage."""
+
+    def __init__(self, dataset: str, model: str, study: str) -> None:
+        mlflow.set_tracking_uri(tracking_uri())
+        self.client = MlflowClient()
+        self.dataset, self.model, self.study = dataset, model, study
+        self.experiment_id = self._experiment(f"reprolab-{dataset}")
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        # An explicit absolute artifact root: SQLite stores otherwise default to a
+        # cwd-relative ./mlartifacts, which a temp experiment run would lose.
+        location = (workspace_root() / "mlartifacts" / name).as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def parent_run_id(self, tags: Mapping[str, str]) -> str:
+        """The model's parent run for this study: found by tags, or created."""
+        query = (
+            f"tags.`{TAG_STUDY}` = '{self.study}' and tags.`{TAG_ROLE}` = 'model'"
+            f" and tags.`{TAG_MODEL}` = '{self.model}'"
+        )
+        runs = self.client.search_runs(
+            [self.experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1
+        )
+        if runs:
+            run_id = runs[0].info.run_id
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=self.model,
+                tags={TAG_MODEL: self.model, TAG_STUDY: self.study, TAG_ROLE: "model"},
+            )
+            run_id = run.info.run_id
+        self.set_tags(run_id, tags)
+        return run_id
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def start_child(self, parent_id: str, name: str, tags: Mapping[str, str]) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={
+                MLFLOW_PARENT_RUN_ID: parent_id,
+                MLFLOW_RUN_NAME: name,
+                TAG_MODEL: self.model,
+                TAG_STUDY: self.study,
+                TAG_ROLE: "trial",
+                **tags,
+            },
+        )
+        return run.info.run_id
+
+    def log(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+        step: int = 0,
+    ) -> None:
+        """One batched call: metrics at ``step`` and params."""
+        import time
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        )
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def is_active(self, run_id: str) -> bool:
+        return self.client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING)
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'prefix.a.b': 1}, for logging nested params."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), sub))
+        return out
+    return {prefix: value}
+
+
+def stage_tags(device: str, threads: int, data_md5: Iterable[tuple[str, str]]) -> dict[str, str]:
+    sha = git_sha()
+    tags = {
+        "mlflow.source.git.commit": sha,
+        "reprolab.git_sha": sha,
+        "reprolab.device": device,
+        "reprolab.threads": str(threads),
+    }
+    tags.update({f"reprolab.data_md5.{name}": md5 for name, md5 in data_md5})
+    return tags

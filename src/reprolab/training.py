@@ -1,0 +1,132 @@
+"""Final training with the tuned params, the model files, and their MLflow registration."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from reprolab import paths
+from reprolab.context import ModelContext
+from reprolab.engine import fit, make_optimizer, predict
+from reprolab.io import atomic_path, write_json, write_tsv
+from reprolab.metrics import classification_metrics
+from reprolab.models._base import ModelSpec, build_model
+from reprolab.tracking import Tracker, flatten, registered_name
+
+MODEL_FILE = "model.pt"
+SPEC_FILE = "model.json"
+
+
+class CheckpointError(RuntimeError):
+    """A model file is missing or unreadable."""
+
+
+def save_model(model: nn.Module, spec: ModelSpec, folder: Path, extra: dict) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(folder / MODEL_FILE) as tmp:
+        torch.save(state, tmp)
+    write_json(folder / SPEC_FILE, spec.to_json() | extra)
+
+
+def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild from model.json and load weights with ``weights_only=True`` (no pickle code)."""
+    spec_path, weights_path = folder / SPEC_FILE, folder / MODEL_FILE
+    for path in (spec_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not found; run `dvc repro train@{folder.name}` first")
+    info = json.loads(spec_path.read_text())
+    spec = ModelSpec.from_json({k: info[k] for k in ModelSpec.__dataclass_fields__})
+    model = build_model(spec)
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # torch raises several types for a corrupt zip/pickle
+        raise CheckpointError(
+            f"{weights_path}: cannot load ({type(err).__name__}: {err}); the file is corrupt, "
+            f"delete it and run `dvc repro train@{folder.name}`"
+        ) from None
+    return model.to(device).eval(), info
+
+
+def params_hash(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict:
+    """Train on train with early stopping on val; write model, curves and val metrics."""
+    p = ctx.params
+    train, val = ctx.load("train"), ctx.load("val")
+    model = ctx.new_model()
+    result = fit(
+        model,
+        train,
+        val,
+        optimizer=make_optimizer(model, ctx.spec, best["lr"], best["weight_decay"]),
+        train_params=p.train,
+        epochs=p.train.max_epochs,
+        batch_size=ctx.spec.batch_size,
+        seed=p.seed,
+        desc=f"train {ctx.name}",
+    )
+    probabilities = torch.softmax(predict(model, val).double(), 1).cpu().numpy()
+    val_metrics = classification_metrics(val.y.cpu().numpy(), probabilities)
+    run_record = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "device": ctx.device.type,
+        "threads": p.threads,
+        "lr": best["lr"],
+        "weight_decay": best["weight_decay"],
+        "n_parameters": sum(t.numel() for t in model.parameters()),
+    }
+    folder = paths.model_dir(ctx.name)
+    save_model(model, ctx.arch_spec, folder, {"study": best["study"], "model": ctx.name})
+    write_tsv(paths.PLOTS / "curves" / f"{ctx.name}.tsv", result.history)
+    metrics = {"val": val_metrics, "train": run_record}
+    write_json(paths.METRICS / ctx.name / "train.json", metrics)
+    _log_final(ctx, model, best, tags, val_metrics, run_record, result.history, val)
+    return metrics
+
+
+def _log_final(ctx, model, best, tags, val_metrics, run_record, history, val) -> None:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    p = ctx.params
+    tracker = Tracker(p.dataset, ctx.name, best["study"])
+    parent = tracker.parent_run_id(tags)
+    for row in history:
+        tracker.log(parent, metrics={f"final.{k}": v for k, v in row.items() if k != "epoch"},
+                    step=int(row["epoch"]))
+    tracker.log(parent, metrics={f"val_{k}": v for k, v in val_metrics.items()})
+    train_params = flatten("train", p.train.model_dump(mode="json"))
+    example = val.x[:4].float().cpu().numpy()
+    model_cpu = model.to("cpu").eval()
+    with torch.no_grad():
+        output = model_cpu(torch.from_numpy(example)).numpy()
+    with mlflow.start_run(run_id=parent):
+        info = mlflow.pytorch.log_model(
+            model_cpu,
+            name="model",
+            signature=infer_signature(example, output),
+            input_example=example,
+            registered_model_name=registered_name(p.dataset, ctx.name),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            params={**train_params, **{k: str(v) for k, v in run_record.items()}},
+        )
+    version = info.registered_model_version
+    if version is not None:
+        name = registered_name(p.dataset, ctx.name)
+        version_tags = {
+            "git_sha": tags.get("reprolab.git_sha", "unknown"),
+            "data_md5": ",".join(f"{k}={v}" for k, v in tags.items() if "data_md5" in k),
+            "params_hash": params_hash({"model": ctx.spec.model_dump(mode="json"), **best}),
+            "device": ctx.device.type,
+        }
+        for key, value in version_tags.items():
+            tracker.client.set_model_version_tag(name, str(version), key, value)

@@ -1,0 +1,22 @@
+"""Stage tune@<model>: Optuna search of lr and weight decay on the validation split."""
+
+from reprolab.stage import run_stage
+
+
+def main(params, args) -> None:
+    from reprolab import paths
+    from reprolab.context import ModelContext
+    from reprolab.io import write_json, write_tsv
+    from reprolab.tracking import stage_tags
+    from reprolab.tuning import tune_model
+
+    ctx = ModelContext(params, args.model)
+    tags = stage_tags(ctx.device.type, params.threads, ctx.data_md5(("train", "val")))
+    result = tune_model(ctx, tags)
+    write_tsv(paths.PLOTS / "trials" / f"{args.model}.tsv", result.trials)
+    write_json(paths.model_dir(args.model) / "best_params.json", result.best_params)
+    print(f"tune@{args.model}: {result.best_params}")
+
+
+if __name__ == "__main__":
+    run_stage(__doc__, main, model_arg=True)
