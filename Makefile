@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
-repro: install ## run the DVC pipeline on params.yaml (default: the embedded digits dataset)
+repro: install ## check params.yaml, then run the DVC pipeline (default: embedded digits data)
+	$(RUN) reprolab check
 	$(RUN) dvc repro
 
 test: install ## run the whole test suite (slow end-to-end cases included)

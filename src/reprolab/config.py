@@ -7,6 +7,7 @@ Every error names the dotted key and the value it was given, e.g.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -144,7 +145,9 @@ class Params(_Strict):
 
     def model(self, name: str) -> ModelSpec:
         if name not in self.models:
-            raise ParamsError(f"models.{name}: no such model in params.yaml; have: {', '.join(self.models)}")
+            raise ParamsError(
+                f"models.{name}: no such model in params.yaml; have: {', '.join(self.models)}"
+            )
         return self.models[name]
 
 
@@ -162,20 +165,31 @@ def _format_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
-    """Validate a parsed params mapping, arch options included; raise ParamsError."""
+def validate_params(
+    raw: dict[str, Any], source: str = "params.yaml", options_of: Iterable[str] | None = None
+) -> Params:
+    """Validate a parsed params mapping; raise ParamsError naming each bad key and value.
+
+    ``options_of`` names the models whose arch ``options`` are checked too (default: all).
+    Checking them imports the arch modules (and torch), so a stage checks only its own.
+    """
     if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ParamsError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_format_error(err, source)) from None
-    for name, spec in params.models.items():
+    for name in params.models if options_of is None else options_of:
+        spec = params.model(name)
         registry.validate_model_options(spec.arch, spec.options, key=f"models.{name}.options")
     return params
 
 
-def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
+def load_params(
+    path: str | os.PathLike[str] = "params.yaml", options_of: Iterable[str] | None = None
+) -> Params:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the repo root)")
@@ -183,4 +197,4 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return validate_params(raw or {}, source=str(path))
+    return validate_params(raw or {}, source=str(path), options_of=options_of)

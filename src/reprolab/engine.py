@@ -37,7 +37,9 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("device: 'cuda' requested but no CUDA GPU is visible; use 'auto' or 'cpu'")
+        raise DeviceError(
+            "device: 'cuda' requested but no CUDA GPU is visible; use 'auto' or 'cpu'"
+        )
     if name == "mps" and not has_mps:
         raise DeviceError("device: 'mps' requested but MPS is not available; use 'auto' or 'cpu'")
     return torch.device(name)
@@ -64,7 +66,11 @@ class _Schedule:
     """Wraps torch's schedulers so the loop calls ``after_batch``/``after_epoch`` alone."""
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, train: TrainParams, steps_per_epoch: int, epochs: int
+        self,
+        optimizer: torch.optim.Optimizer,
+        train: TrainParams,
+        steps_per_epoch: int,
+        epochs: int,
     ) -> None:
         self.kind = train.scheduler
         lrs = [g["lr"] for g in optimizer.param_groups]
@@ -164,7 +170,9 @@ def fit(
         train_loss = float(loss_sum) / len(train)
         val_loss, val_accuracy = evaluate_loss(model, val)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            raise DivergedError(f"loss diverged at epoch {epoch} (train {train_loss}, val {val_loss})")
+            raise DivergedError(
+                f"loss diverged at epoch {epoch} (train {train_loss}, val {val_loss})"
+            )
         row = {
             "epoch": epoch,
             "train_loss": train_loss,

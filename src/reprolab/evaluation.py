@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from reprolab import paths
@@ -22,13 +21,22 @@ def evaluate_model(ctx: ModelContext, tags: dict[str, str]) -> dict:
     y_pred = probabilities.argmax(1)
     classes = ctx.meta["classes"]
     metrics = classification_metrics(y_true, probabilities)
-    metrics["confusion_matrix"] = confusion_counts(y_true, y_pred, len(classes))
+    metrics["confusion_matrix"] = confusion_counts(y_true, y_pred, len(classes)).tolist()
     metrics["n_test"] = int(len(y_true))
     write_json(paths.METRICS / ctx.name / "test.json", metrics)
-    write_tsv(paths.PLOTS / "confusion" / f"{ctx.name}.csv", confusion_rows(y_true, y_pred, classes), sep=",")
+    write_tsv(
+        paths.PLOTS / "confusion" / f"{ctx.name}.csv",
+        confusion_rows(y_true, y_pred, classes),
+        sep=",",
+    )
 
     tracker = Tracker(ctx.params.dataset, ctx.name, info["study"])
     parent = tracker.parent_run_id(tags)
-    tracker.log(parent, metrics={f"test_{k}": v for k, v in metrics.items() if k in ("accuracy", "macro_f1", "loss")})
+    tracker.log(
+        parent,
+        metrics={
+            f"test_{k}": v for k, v in metrics.items() if k in ("accuracy", "macro_f1", "loss")
+        },
+    )
     tracker.end(parent)
     return metrics

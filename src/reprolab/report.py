@@ -41,13 +41,22 @@ def render_leaderboard(params: Params, rows: list[dict]) -> str:
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rank, r in enumerate(rows, 1):
-        t = r["train"]
-        lines.append(
-            f"| {rank} | {r['model']} | {r['arch']} | {r['val'][metric]:.4f} | {r['val']['loss']:.4f}"
-            f" | {r['test']['accuracy']:.4f} | {r['test']['macro_f1']:.4f} | {r['test']['loss']:.4f}"
-            f" | {t['lr']:.3g} | {t['weight_decay']:.3g} | {t['best_epoch']}/{t['epochs_run']}"
-            f" | {t['n_parameters']:,} |"
-        )
+        t, val, test = r["train"], r["val"], r["test"]
+        cells = [
+            str(rank),
+            r["model"],
+            r["arch"],
+            f"{val[metric]:.4f}",
+            f"{val['loss']:.4f}",
+            f"{test['accuracy']:.4f}",
+            f"{test['macro_f1']:.4f}",
+            f"{test['loss']:.4f}",
+            f"{t['lr']:.3g}",
+            f"{t['weight_decay']:.3g}",
+            f"{t['best_epoch']}/{t['epochs_run']}",
+            f"{t['n_parameters']:,}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

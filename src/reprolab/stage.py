@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from reprolab.config import Params, ParamsError, load_params
 
@@ -28,16 +31,35 @@ def run_stage(
     parser = argparse.ArgumentParser(description=description)
     if model_arg:
         parser.add_argument("model", help="a key of `models:` in params.yaml")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
     args = parser.parse_args()
     try:
-        params = load_params(args.params)
-        if model_arg:
-            params.model(args.model)
+        # A model stage checks its model's arch options too; the others need no torch.
+        params = load_params(args.params, options_of=[args.model] if model_arg else [])
         body(params, args)
+        _log_imports()
     except ParamsError as err:
         sys.exit(f"error: {err}")
     except Exception as err:
         if isinstance(err, _expected_errors()):
             sys.exit(f"error: {err}")
         raise
+
+
+def _log_imports() -> None:
+    """With REPROLAB_IMPORTS_LOG set, record the project files this stage ran, so a test
+    can check them against the stage's deps in dvc.yaml."""
+    log = os.environ.get("REPROLAB_IMPORTS_LOG")
+    if not log:
+        return
+    root = Path.cwd().resolve()
+    files = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and Path(path).resolve().is_relative_to(root):
+            files.add(Path(path).resolve().relative_to(root).as_posix())
+    record = {"argv": [Path(sys.argv[0]).as_posix(), *sys.argv[1:]], "files": sorted(files)}
+    with open(log, "a") as f:
+        f.write(json.dumps(record) + "\n")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,8 +28,12 @@ class CheckpointError(RuntimeError):
 
 def save_model(model: nn.Module, spec: ModelSpec, folder: Path, extra: dict) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Through a buffer: torch.save names the archive inside the zip after the target file,
+    # and the temp file's random name would make equal weights differ byte-wise.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(folder / MODEL_FILE) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
     write_json(folder / SPEC_FILE, spec.to_json() | extra)
 
 
@@ -101,8 +105,11 @@ def _log_final(ctx, model, best, tags, val_metrics, run_record, history, val) ->
     tracker = Tracker(p.dataset, ctx.name, best["study"])
     parent = tracker.parent_run_id(tags)
     for row in history:
-        tracker.log(parent, metrics={f"final.{k}": v for k, v in row.items() if k != "epoch"},
-                    step=int(row["epoch"]))
+        tracker.log(
+            parent,
+            metrics={f"final.{k}": v for k, v in row.items() if k != "epoch"},
+            step=int(row["epoch"]),
+        )
     tracker.log(parent, metrics={f"val_{k}": v for k, v in val_metrics.items()})
     train_params = flatten("train", p.train.model_dump(mode="json"))
     example = val.x[:4].float().cpu().numpy()

@@ -105,7 +105,9 @@ def open_study(name: str, seed: int, tune_params, tracker: Tracker) -> optuna.St
     storage = RDBStorage(
         storage_url(),
         # SQLite: wait for the writer lock instead of failing with "database is locked".
-        engine_kwargs={"connect_args": {"timeout": 60}} if storage_url().startswith("sqlite") else None,
+        engine_kwargs={"connect_args": {"timeout": 60}}
+        if storage_url().startswith("sqlite")
+        else None,
         heartbeat_interval=HEARTBEAT_S,
         grace_period=2 * HEARTBEAT_S,
         heartbeat_stale_trial_callback=_FailAndRetry(tracker),
@@ -234,9 +236,9 @@ def trials_table(study: optuna.Study) -> list[dict]:
             {
                 "trial": t.number,
                 "state": t.state.name,
-                "value": t.value if t.value is not None else t.intermediate_values.get(
-                    max(t.intermediate_values, default=0), float("nan")
-                ),
+                "value": t.value
+                if t.value is not None
+                else t.intermediate_values.get(max(t.intermediate_values, default=0), float("nan")),
                 "lr": t.params["lr"],
                 "weight_decay": t.params["weight_decay"],
                 "epochs": len(t.intermediate_values),

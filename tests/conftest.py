@@ -1,0 +1,135 @@
+"""Shared helpers: temporary git+DVC copies of this repo and running real commands in them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Small enough for a whole `dvc repro` in about a minute on 2 cores.
+TINY_PARAMS = {
+    "tune": {
+        "n_trials": 3,
+        "epochs": 2,
+        "sampler_startup_trials": 2,
+        "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1},
+    },
+    "train": {"max_epochs": 3, "patience": 2},
+}
+# Two models are enough to see that one model's change leaves the other alone.
+TINY_MODELS = ("mlp", "lenet")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "REPROLAB_"))
+    }
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        GIT_AUTHOR_NAME="reprolab-tests",
+        GIT_AUTHOR_EMAIL="tests@reprolab.invalid",
+        GIT_COMMITTER_NAME="reprolab-tests",
+        GIT_COMMITTER_EMAIL="tests@reprolab.invalid",
+        DVC_NO_ANALYTICS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run(
+    cmd: list[str] | str, cwd: Path, check: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        shell=isinstance(cmd, str),
+        timeout=900,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{cmd} failed ({result.returncode})\n--- stdout\n{result.stdout[-4000:]}"
+            f"\n--- stderr\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = (
+            deep_merge(base[key], value)
+            if isinstance(value, dict) and isinstance(base.get(key), dict)
+            else value
+        )
+    return out
+
+
+def set_params(repo: Path, override: dict, models: tuple[str, ...] | None = None) -> None:
+    """Merge ``override`` into the repo's params.yaml; keep only ``models`` if given."""
+    path = repo / "params.yaml"
+    params = deep_merge(yaml.safe_load(path.read_text()), override)
+    if models is not None:
+        params["models"] = {name: params["models"][name] for name in models}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_repo(
+    dest: Path, params: dict | None = None, models: tuple[str, ...] | None = None
+) -> Path:
+    """A git repo holding this checkout's source files (working tree, not just HEAD)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    dest.mkdir(parents=True)
+    for rel in listed:
+        src = REPO / rel
+        # Source only: outputs of the developer's own runs must not leak into the copy.
+        if (
+            not src.is_file()
+            or rel == "dvc.lock"
+            or rel.startswith(("metrics/", "plots/", "reports/", "models/"))
+        ):
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    if params or models:
+        set_params(dest, params or {}, models)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "init"], dest)
+    return dest
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def md5s(repo: Path, patterns: list[str]) -> dict[str, str]:
+    out = {}
+    for pattern in patterns:
+        for path in sorted(repo.glob(pattern)):
+            out[path.relative_to(repo).as_posix()] = hashlib.md5(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def tiny_repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo", TINY_PARAMS, TINY_MODELS)

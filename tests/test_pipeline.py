@@ -1,0 +1,159 @@
+"""End to end: a real `dvc repro` in a temporary git repo, then what reruns and what is logged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_MODELS, TINY_PARAMS, make_repo, md5s, run, set_params, stages_run
+
+pytestmark = pytest.mark.slow
+
+MODELS = list(TINY_MODELS)
+ALL_STAGES = {"download", "split", "report"} | {
+    f"{s}@{m}" for s in ("tune", "train", "evaluate") for m in MODELS
+}
+TRACKED = [
+    "models/*/model.pt",
+    "models/*/model.json",
+    "models/*/best_params.json",
+    "metrics/*/*.json",
+    "plots/*/*",
+    "data/splits/*",
+    "reports/leaderboard.md",
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS, TINY_MODELS)
+    imports_log = repo.parent / "imports.jsonl"
+    result = run(["dvc", "repro"], repo, REPROLAB_IMPORTS_LOG=str(imports_log))
+    return {
+        "repo": repo,
+        "first": result,
+        "md5": md5s(repo, TRACKED),
+        "imports": [json.loads(line) for line in imports_log.read_text().splitlines()],
+    }
+
+
+def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> None:
+    repo = pipeline["repo"]
+    assert set(stages_run(pipeline["first"].stdout)) == ALL_STAGES
+    for model in MODELS:
+        for rel in (
+            f"models/{model}/model.pt",
+            f"models/{model}/model.json",
+            f"models/{model}/best_params.json",
+            f"metrics/{model}/train.json",
+            f"metrics/{model}/test.json",
+            f"plots/curves/{model}.tsv",
+            f"plots/confusion/{model}.csv",
+            f"plots/trials/{model}.tsv",
+        ):
+            assert (repo / rel).is_file(), rel
+        best = json.loads((repo / f"models/{model}/best_params.json").read_text())
+        assert set(best) >= {"lr", "weight_decay", "study"}
+        assert TINY_PARAMS["tune"]["n_trials"] == len(
+            (repo / f"plots/trials/{model}.tsv").read_text().splitlines()[1:]
+        )
+        test = json.loads((repo / f"metrics/{model}/test.json").read_text())
+        assert 0.5 < test["accuracy"] <= 1.0, test  # 3 epochs on digits is far above chance
+    leaderboard = (repo / "reports/leaderboard.md").read_text()
+    assert all(f"| {m} |" in leaderboard for m in MODELS)
+    # No timestamps, run ids or absolute paths in DVC-tracked outputs.
+    for rel in pipeline["md5"]:
+        if rel.endswith((".json", ".tsv", ".csv", ".md")):
+            text = (repo / rel).read_text()
+            assert str(repo) not in text and "/tmp" not in text, rel
+
+
+def test_second_repro_runs_nothing(pipeline: dict) -> None:
+    result = run(["dvc", "repro"], pipeline["repo"])
+    assert stages_run(result.stdout) == []
+    status = run(["dvc", "status"], pipeline["repo"])
+    assert "up to date" in status.stdout
+
+
+def test_mlflow_store_holds_parents_trials_and_registered_models(pipeline: dict) -> None:
+    import mlflow
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    repo = pipeline["repo"]
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("reprolab-digits")
+    assert experiment is not None
+    assert experiment.artifact_location.startswith(f"file://{repo}")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("reprolab.role") == "model"]
+    assert sorted(r.data.tags["reprolab.model"] for r in parents) == sorted(MODELS)
+    for parent in parents:
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == TINY_PARAMS["tune"]["n_trials"]
+        for child in children:
+            assert child.info.status in ("FINISHED", "KILLED")
+            if child.info.status == "KILLED":
+                assert child.data.tags.get("reprolab.pruned_reason")
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["reprolab.device"] == "cpu"
+        assert len(parent.data.tags["reprolab.git_sha"]) == 40
+        assert parent.data.tags["reprolab.data_md5.train"]
+        assert "test_accuracy" in parent.data.metrics and "val_accuracy" in parent.data.metrics
+        assert "best.lr" in parent.data.params
+    versions = client.search_model_versions("name = 'digits-mlp'")
+    assert len(versions) == 1 and versions[0].tags["git_sha"]
+    model = mlflow.pytorch.load_model("models:/digits-mlp/1")
+    x = np.load(repo / "data/splits/val.npz")["x"][:5].astype("float32")
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))
+    assert logits.shape == (5, 10)
+    info = mlflow.models.get_model_info("models:/digits-mlp/1")
+    assert info.signature is not None and info.saved_input_example_info is not None
+
+
+def test_stage_code_deps_match_what_the_stage_imports(pipeline: dict) -> None:
+    from dvc.repo import Repo
+
+    repo = pipeline["repo"]
+    declared = {}
+    with Repo(str(repo)) as dvc_repo:
+        for stage in dvc_repo.index.stages:
+            deps = {Path(d.def_path).as_posix() for d in stage.deps}
+            declared[stage.name] = {d for d in deps if d.startswith(("src/", "stages/"))}
+    for record in pipeline["imports"]:
+        script, *args = record["argv"]
+        name = Path(script).stem + (f"@{args[0]}" if args else "")
+        imported = {f for f in record["files"] if f.startswith(("src/", "stages/"))}
+        imported = {f for f in imported if not f.endswith("__init__.py")}
+        assert imported == declared[name], (
+            f"{name}: imports {sorted(imported ^ declared[name])} differ"
+        )
+
+
+def test_clean_clone_reproduces_byte_identical_outputs(pipeline: dict, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "again", TINY_PARAMS, TINY_MODELS)
+    run(["dvc", "repro"], repo)
+    assert md5s(repo, TRACKED) == pipeline["md5"]
+
+
+def test_changing_one_models_param_reruns_only_that_model(pipeline: dict) -> None:
+    repo = pipeline["repo"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    set_params(
+        repo, {"models": {"mlp": {"batch_size": params["models"]["mlp"]["batch_size"] // 2}}}
+    )
+    result = run(["dvc", "repro"], repo)
+    assert set(stages_run(result.stdout)) == {"tune@mlp", "train@mlp", "evaluate@mlp", "report"}
+
+
+def test_changing_the_split_seed_reruns_everything_downstream(pipeline: dict) -> None:
+    repo = pipeline["repo"]
+    set_params(repo, {"split": {"seed": 123}})
+    result = run(["dvc", "repro"], repo)
+    assert set(stages_run(result.stdout)) == ALL_STAGES - {"download"}
