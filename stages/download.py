@@ -7,7 +7,12 @@ def main(params, args) -> None:
     from reprolab import paths
     from reprolab.data.fetch import fetch_dataset
 
-    files = fetch_dataset(params.dataset, paths.RAW / params.dataset, params.mirror)
+    files = fetch_dataset(
+        params.dataset,
+        paths.RAW / params.dataset,
+        params.mirror,
+        options=params.imagefolder.model_dump(),
+    )
     print(f"download: {params.dataset}: {len(files)} file(s) verified")
 
 

@@ -10,7 +10,9 @@ def main(params, args) -> None:
 
     s = params.split
     arrays = load_raw(params.dataset, paths.RAW / params.dataset)
-    meta = write_splits(arrays, paths.SPLITS, s.val_fraction, s.test_fraction, s.seed)
+    meta = write_splits(
+        arrays, paths.SPLITS, s.val_fraction, s.test_fraction, s.seed, s.official_test
+    )
     print(f"split: {meta['sizes']}")
 
 

@@ -15,6 +15,7 @@ MODELS = list(TINY_MODELS)
 ALL_STAGES = {"download", "split", "report"} | {
     f"{s}@{m}" for s in ("tune", "train", "evaluate") for m in MODELS
 }
+SHARED_BY_SOME_DATASETS = {"src/reprolab/data/sources/_torchvision.py"}
 TRACKED = [
     "models/*/model.pt",
     "models/*/model.json",
@@ -131,9 +132,11 @@ def test_stage_code_deps_match_what_the_stage_imports(pipeline: dict) -> None:
         name = Path(script).stem + (f"@{args[0]}" if args else "")
         imported = {f for f in record["files"] if f.startswith(("src/", "stages/"))}
         imported = {f for f in imported if not f.endswith("__init__.py")}
-        assert imported == declared[name], (
-            f"{name}: imports {sorted(imported ^ declared[name])} differ"
-        )
+        missing = imported - declared[name]
+        assert not missing, f"{name} imports {sorted(missing)} but dvc.yaml does not list them"
+        # Declared but not imported: only helpers that other datasets of the stage need.
+        unused = declared[name] - imported
+        assert unused <= SHARED_BY_SOME_DATASETS, f"{name} lists {sorted(unused)} it never imports"
 
 
 def test_clean_clone_reproduces_byte_identical_outputs(pipeline: dict, tmp_path: Path) -> None:

@@ -52,6 +52,8 @@ class SplitParams(_Strict):
     val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.15
     seed: int = 0
+    # Use a dataset's published test split (MNIST, CIFAR...) instead of test_fraction.
+    official_test: bool = True
 
     @model_validator(mode="after")
     def _room_for_train(self) -> SplitParams:
@@ -107,6 +109,11 @@ class ModelSpec(_Strict):
         return arch
 
 
+class ImageFolderParams(_Strict):
+    path: str | None = None  # root/<class>/<image> (or root/train/... + root/val/...)
+    image_size: PositiveInt = 32
+
+
 class ReportParams(_Strict):
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
 
@@ -119,6 +126,7 @@ class Params(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # torch intra-op threads; float results depend on it, so it is a param, not a guess.
     threads: PositiveInt = 2
+    imagefolder: ImageFolderParams = ImageFolderParams()
     split: SplitParams = SplitParams()
     tune: TuneParams = TuneParams()
     train: TrainParams = TrainParams()

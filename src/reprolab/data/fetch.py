@@ -16,6 +16,7 @@ import numpy as np
 
 from reprolab import registry
 from reprolab.io import atomic_dir, md5_file
+from reprolab.paths import workspace_root
 
 
 class DataError(RuntimeError):
@@ -30,9 +31,11 @@ class Arrays:
     y: np.ndarray
     classes: list[str] = field(default_factory=list)
     task: str = "classification"
+    # Rows of the dataset's published test split, when it has one (MNIST, CIFAR...).
+    test_mask: np.ndarray | None = None
 
 
-def _from_mirror(mirror: str, dataset: str, file_name: str, dest: Path) -> bool:
+def _from_mirror(mirror: str, dataset: str, file_name: str, dest: Path, layouts: list[str]) -> bool:
     if "://" in mirror:
         url = f"{mirror.rstrip('/')}/{dataset}/{file_name}"
         try:
@@ -41,11 +44,24 @@ def _from_mirror(mirror: str, dataset: str, file_name: str, dest: Path) -> bool:
         except OSError:
             return False
         return True
-    for candidate in (Path(mirror) / dataset / file_name, Path(mirror) / file_name):
+    folders = [Path(mirror) / dataset, Path(mirror), *(Path(mirror) / sub for sub in layouts)]
+    for candidate in (folder / file_name for folder in folders):
         if candidate.is_file():
             shutil.copyfile(candidate, dest)
             return True
     return False
+
+
+def resolve_mirror(mirror: str | None) -> str | None:
+    """A relative mirror folder is relative to the workspace root (temp experiments too)."""
+    if not mirror or "://" in mirror:
+        return mirror
+    folder = Path(mirror).expanduser()
+    if not folder.is_absolute():
+        folder = workspace_root() / folder
+    if not folder.is_dir():
+        raise DataError(f"mirror: folder {mirror!r} does not exist (resolved to {folder})")
+    return str(folder)
 
 
 def check_arrays(arrays: Arrays, dataset: str) -> None:
@@ -59,13 +75,22 @@ def check_arrays(arrays: Arrays, dataset: str) -> None:
             raise DataError(f"dataset {dataset!r} has {n_classes} class; a classifier needs 2+")
 
 
-def fetch_dataset(dataset: str, raw_dir: Path, mirror: str | None = None) -> dict[str, str]:
-    """Write the verified original files of ``dataset`` to ``raw_dir``; return {file: md5}."""
+def fetch_dataset(
+    dataset: str, raw_dir: Path, mirror: str | None = None, options: dict | None = None
+) -> dict[str, str]:
+    """Write the verified original files of ``dataset`` to ``raw_dir``; return {file: md5}.
+
+    A source of user files (``copy_into``) gets its params section as ``options``.
+    """
     source = registry.dataset_module(dataset)
+    mirror = resolve_mirror(mirror)
     with atomic_dir(raw_dir) as tmp:
+        if hasattr(source, "copy_into"):
+            source.copy_into(tmp, options or {})
         for file_name, expected in source.FILES.items():
             dest = tmp / file_name
-            if not (mirror and _from_mirror(mirror, dataset, file_name, dest)):
+            layouts = getattr(source, "MIRROR_LAYOUT", [])
+            if not (mirror and _from_mirror(mirror, dataset, file_name, dest, layouts)):
                 found = source.locate(file_name)
                 if found is None:
                     where = f"mirror {mirror!r} nor " if mirror else ""

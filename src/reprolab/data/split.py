@@ -18,15 +18,27 @@ SPLITS = ("train", "val", "test")
 
 
 def split_indices(
-    y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+    y: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    test_mask: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Stratified indices for train/val/test; sorted, so file order does not depend on RNG."""
+    """Stratified indices for train/val/test; sorted, so file order does not depend on RNG.
+
+    With ``test_mask`` (a published test split) those rows are the test split, and
+    ``val_fraction`` is taken from the remaining (published train) rows.
+    """
     index = np.arange(len(y))
     stratify = y if _can_stratify(y, val_fraction, test_fraction) else None
-    rest, test = train_test_split(
-        index, test_size=test_fraction, random_state=seed, stratify=stratify
-    )
-    val_of_rest = val_fraction / (1.0 - test_fraction)
+    if test_mask is not None:
+        rest, test = index[~test_mask], index[test_mask]
+        val_of_rest = val_fraction
+    else:
+        rest, test = train_test_split(
+            index, test_size=test_fraction, random_state=seed, stratify=stratify
+        )
+        val_of_rest = val_fraction / (1.0 - test_fraction)
     train, val = train_test_split(
         rest,
         test_size=val_of_rest,
@@ -62,9 +74,15 @@ def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def write_splits(
-    arrays: Arrays, out_dir: Path, val_fraction: float, test_fraction: float, seed: int
+    arrays: Arrays,
+    out_dir: Path,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    official_test: bool = True,
 ) -> dict:
-    indices = split_indices(arrays.y, val_fraction, test_fraction, seed)
+    mask = arrays.test_mask if official_test else None
+    indices = split_indices(arrays.y, val_fraction, test_fraction, seed, mask)
     for name in SPLITS:
         with atomic_path(out_dir / f"{name}.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, x=arrays.x[indices[name]], y=arrays.y[indices[name]])
@@ -76,6 +94,7 @@ def write_splits(
         "mean": mean,
         "std": std,
         "sizes": {name: int(len(idx)) for name, idx in indices.items()},
+        "official_test": mask is not None,
     }
     write_json(out_dir / "meta.json", meta)
     return meta
