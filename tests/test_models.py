@@ -31,7 +31,9 @@ def test_gradcheck_in_float64(arch: str) -> None:
     torch.manual_seed(0)
     model = build_model(spec(arch, (1, 8, 8), n_out=3)).double().eval()  # eval: dropout off
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(model, (x,), eps=1e-6, atol=1e-4)
+    # fast_mode checks a random projection of the Jacobian: one backward instead of one per
+    # input element, so even ResNet18 checks in seconds.
+    assert torch.autograd.gradcheck(model, (x,), eps=1e-6, atol=1e-4, fast_mode=True)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -41,3 +43,73 @@ def test_same_seed_same_weights(arch: str) -> None:
     torch.manual_seed(3)
     b = build_model(spec(arch, (1, 8, 8))).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def resnet(options: dict, shape: tuple[int, ...] = (1, 8, 8)) -> torch.nn.Module:
+    c = shape[0]
+    return build_model(ModelSpec("resnet18", options, shape, 10, [0.0] * c, [1.0] * c))
+
+
+def test_resnet18_freeze_trains_only_the_head() -> None:
+    model = resnet({"freeze": "all_but_head"})
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["1.fc.weight", "1.fc.bias"]
+
+
+def test_resnet18_backbone_gets_a_smaller_learning_rate() -> None:
+    from reprolab.config import ModelSpec as Spec
+    from reprolab.engine import make_optimizer
+
+    options = {"freeze": "none", "backbone_lr_factor": 0.1}
+    model = resnet(options)
+    opt = make_optimizer(model, Spec(arch="resnet18", options=options), lr=0.01, weight_decay=0.0)
+    assert [round(g["lr"], 6) for g in opt.param_groups] == [0.01, 0.001]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_resnet18_loads_a_local_pth_with_rgb_filters_summed_for_grey(tmp_path) -> None:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    reference = resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    model = resnet({"weights": str(tmp_path / "r18.pth"), "small_stem": False}, (1, 32, 32))
+    core = model[1]
+    assert torch.equal(core.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert torch.allclose(core.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
+    assert core(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_resnet18_missing_weights_file_is_named(tmp_path) -> None:
+    from reprolab.models._base import ModelBuildError
+
+    with pytest.raises(ModelBuildError, match="options.weights: file .*nope.pth"):
+        resnet({"weights": str(tmp_path / "nope.pth")})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_each_arch_trains_briefly(arch: str) -> None:
+    from reprolab.config import ModelSpec as Spec
+    from reprolab.config import TrainParams
+    from reprolab.data.tensors import TensorData
+    from reprolab.engine import fit, make_optimizer
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 4
+    x = torch.rand(64, 1, 8, 8, generator=g) * 4 + y.view(-1, 1, 1, 1) * 4  # separable levels
+    data = TensorData(x=x, y=y)
+    torch.manual_seed(0)
+    model = build_model(spec(arch, (1, 8, 8), n_out=4))
+    opt = make_optimizer(model, Spec(arch=arch), lr=1e-3, weight_decay=0.0)
+    result = fit(
+        model,
+        data,
+        data,
+        optimizer=opt,
+        train_params=TrainParams(max_epochs=3, patience=3),
+        epochs=3,
+        batch_size=32,
+        seed=0,
+    )
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0], losses

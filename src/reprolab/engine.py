@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from reprolab import registry
 from reprolab.config import ModelSpec, TrainParams
 from reprolab.data.tensors import TensorData
 
@@ -56,10 +57,22 @@ def seed_everything(seed: int, threads: int) -> None:
 def make_optimizer(
     model: nn.Module, spec: ModelSpec, lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD (momentum) or Adam over the trainable params; an arch module may define
+    ``param_groups(core, options)`` to give groups their own lr scale (e.g. backbone x 0.1)."""
+    module = registry.model_module(spec.arch)
+    core = model[-1] if isinstance(model, nn.Sequential) else model
+    if hasattr(module, "param_groups"):
+        options = module.Options.model_validate(spec.options)
+        groups = [
+            {"params": params, "lr": lr * scale}
+            for params, scale in module.param_groups(core, options)
+            if params
+        ]
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, weight_decay=weight_decay)
+    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
 
 
 class _Schedule:

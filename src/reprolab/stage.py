@@ -19,9 +19,18 @@ class StageError(RuntimeError):
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from reprolab.data.fetch import DataError
     from reprolab.engine import DeviceError
+    from reprolab.models._base import ModelBuildError
     from reprolab.training import CheckpointError
 
-    return (ParamsError, DataError, DeviceError, CheckpointError, StageError, FileNotFoundError)
+    return (
+        ParamsError,
+        DataError,
+        DeviceError,
+        CheckpointError,
+        ModelBuildError,
+        StageError,
+        FileNotFoundError,
+    )
 
 
 def run_stage(

@@ -16,6 +16,10 @@ from torch import nn
 from reprolab import registry
 
 
+class ModelBuildError(RuntimeError):
+    """An architecture cannot be built as configured (e.g. its weights are unavailable)."""
+
+
 class StrictOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
