@@ -147,12 +147,21 @@ def test_clean_clone_reproduces_byte_identical_outputs(pipeline: dict, tmp_path:
 
 def test_changing_one_models_param_reruns_only_that_model(pipeline: dict) -> None:
     repo = pipeline["repo"]
+    studies = {
+        m: json.loads((repo / f"models/{m}/best_params.json").read_text())["study"] for m in MODELS
+    }
     params = yaml.safe_load((repo / "params.yaml").read_text())
     set_params(
         repo, {"models": {"mlp": {"batch_size": params["models"]["mlp"]["batch_size"] // 2}}}
     )
     result = run(["dvc", "repro"], repo)
     assert set(stages_run(result.stdout)) == {"tune@mlp", "train@mlp", "evaluate@mlp", "report"}
+    # A params change starts a fresh study for that model only.
+    after = {
+        m: json.loads((repo / f"models/{m}/best_params.json").read_text())["study"] for m in MODELS
+    }
+    assert after["mlp"] != studies["mlp"]
+    assert all(after[m] == studies[m] for m in MODELS if m != "mlp")
 
 
 def test_changing_the_split_seed_reruns_everything_downstream(pipeline: dict) -> None:

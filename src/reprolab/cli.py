@@ -14,16 +14,60 @@ def check(args: argparse.Namespace) -> None:
     print(f"{args.params}: valid; dataset {params.dataset}, models {', '.join(params.models)}")
 
 
+def lr_find(args: argparse.Namespace) -> None:
+    """Learning-rate range test of a model on the train split (run `dvc repro split` first)."""
+    from pathlib import Path
+
+    from reprolab.context import ModelContext
+    from reprolab.io import atomic_path, write_json, write_tsv
+    from reprolab.lr_find import lr_range_test, plot_range_test
+
+    params = load_params(args.params, options_of=[args.model])
+    ctx = ModelContext(params, args.model)
+    result = lr_range_test(
+        ctx.new_model(),
+        ctx.load("train"),
+        ctx.spec,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        steps=args.steps,
+        seed=params.seed,
+    )
+    low, high = result.suggested
+    out = Path(args.out)
+    rows = [{"lr": lr, "loss": loss} for lr, loss in zip(result.lrs, result.losses, strict=True)]
+    write_tsv(out / f"{args.model}.tsv", rows)
+    write_json(
+        out / f"{args.model}.json",
+        {"steepest": result.steepest, "minimum": result.minimum, "low": low, "high": high},
+    )
+    with atomic_path(out / f"{args.model}.png") as tmp:
+        plot_range_test(result, f"lr range test: {args.model}", tmp)
+    print(
+        f"{args.model}: steepest descent at lr {result.steepest:.3g}, minimum at {result.minimum:.3g}"
+    )
+    print(f"plot: {out / (args.model + '.png')}")
+    print(f"bound the search: dvc exp run -S tune.lr.low={low:.3g} -S tune.lr.high={high:.3g}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="reprolab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help=check.__doc__)
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=check)
+    p = sub.add_parser("lr-find", help=lr_find.__doc__)
+    p.add_argument("model", help="a key of `models:` in params.yaml")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--start-lr", type=float, default=1e-6)
+    p.add_argument("--end-lr", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--out", default="reports/lr_find", help="folder for the .tsv/.json/.png")
+    p.set_defaults(func=lr_find)
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except ParamsError as err:
+    except (ParamsError, ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
 
 

@@ -1,0 +1,44 @@
+"""The learning-rate range test through the `reprolab lr-find` command, on real digits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from reprolab import cli, paths
+from reprolab.data.fetch import fetch_dataset, load_raw
+from reprolab.data.split import write_splits
+
+
+@pytest.fixture
+def digits_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    fetch_dataset("digits", paths.RAW / "digits")
+    write_splits(load_raw("digits", paths.RAW / "digits"), paths.SPLITS, 0.15, 0.15, seed=0)
+    return tmp_path
+
+
+def test_lr_find_writes_curve_plot_and_a_usable_range(digits_workspace: Path, capsys) -> None:
+    cli.main(["lr-find", "mlp", "--steps", "80", "--end-lr", "10"])
+    out = digits_workspace / "reports" / "lr_find"
+    suggestion = json.loads((out / "mlp.json").read_text())
+    assert 1e-6 <= suggestion["low"] < suggestion["high"] <= 10
+    assert suggestion["low"] == pytest.approx(suggestion["steepest"] / 10)
+    rows = (out / "mlp.tsv").read_text().splitlines()
+    assert rows[0] == "lr\tloss" and 10 < len(rows) <= 81
+    losses = [float(r.split("\t")[1]) for r in rows[1:]]
+    assert min(losses) < losses[0] * 0.75, "the loss must fall somewhere in the range"
+    assert (out / "mlp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "dvc exp run -S tune.lr.low=" in capsys.readouterr().out
+
+
+def test_lr_find_before_split_says_what_to_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    with pytest.raises(SystemExit, match="meta.json"):
+        cli.main(["lr-find", "mlp"])
