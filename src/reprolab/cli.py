@@ -44,7 +44,7 @@ def lr_find(args: argparse.Namespace) -> None:
     with atomic_path(out / f"{args.model}.png") as tmp:
         plot_range_test(result, f"lr range test: {args.model}", tmp)
     print(
-        f"{args.model}: steepest descent at lr {result.steepest:.3g}, minimum at {result.minimum:.3g}"
+        f"{args.model}: steepest descent at lr {result.steepest:.3g}, min at {result.minimum:.3g}"
     )
     print(f"plot: {out / (args.model + '.png')}")
     print(f"bound the search: dvc exp run -S tune.lr.low={low:.3g} -S tune.lr.high={high:.3g}")
