@@ -50,6 +50,16 @@ def lr_find(args: argparse.Namespace) -> None:
     print(f"bound the search: dvc exp run -S tune.lr.low={low:.3g} -S tune.lr.high={high:.3g}")
 
 
+def preset(args: argparse.Namespace) -> None:
+    """Merge presets/<name>.yaml into params.yaml (validated; comments kept)."""
+    from pathlib import Path
+
+    from reprolab.presets import apply_preset
+
+    merged = apply_preset(args.name, Path(args.params))
+    print(f"{args.params}: preset {args.name} applied; models {', '.join(merged['models'])}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="reprolab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--out", default="reports/lr_find", help="folder for the .tsv/.json/.png")
     p.set_defaults(func=lr_find)
+    p = sub.add_parser("preset", help=preset.__doc__)
+    p.add_argument("name", help="a file presets/<name>.yaml")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=preset)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -1,0 +1,42 @@
+"""Presets merge into params.yaml, keep its comments, and are validated."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from reprolab.config import ParamsError, load_params
+from reprolab.presets import apply_preset, preset_names
+
+
+@pytest.fixture
+def params_copy(tmp_path: Path) -> Path:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path / "params.yaml"
+
+
+@pytest.mark.parametrize("name", preset_names(REPO / "presets"))
+def test_every_shipped_preset_applies_and_validates(name: str, params_copy: Path) -> None:
+    merged = apply_preset(name, params_copy, REPO / "presets")
+    preset = yaml.safe_load((REPO / "presets" / f"{name}.yaml").read_text())
+    assert merged["dataset"] == preset["dataset"]
+    if "models" in preset:
+        assert list(merged["models"]) == list(preset["models"])  # replaced, not merged
+    assert merged["seed"] == yaml.safe_load((REPO / "params.yaml").read_text())["seed"]
+    assert "# drives python/numpy/torch" in params_copy.read_text()  # comments kept
+    load_params(params_copy)
+
+
+def test_a_bad_preset_leaves_params_untouched(params_copy: Path, tmp_path: Path) -> None:
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "bad.yaml").write_text("tune: {n_trials: 0}\n")
+    before = params_copy.read_text()
+    with pytest.raises(ParamsError, match="tune.n_trials"):
+        apply_preset("bad", params_copy, tmp_path / "presets")
+    assert params_copy.read_text() == before
+    with pytest.raises(ParamsError, match="preset 'nope' not found"):
+        apply_preset("nope", params_copy, tmp_path / "presets")
