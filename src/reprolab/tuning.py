@@ -102,12 +102,12 @@ class _FailAndRetry(RetryHeartbeatStaleTrialCallback):
 
 
 def open_study(name: str, seed: int, tune_params, tracker: Tracker) -> optuna.Study:
+    url = storage_url()
+    # SQLite: wait for the writer lock instead of failing with "database is locked".
+    sqlite_wait = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     storage = RDBStorage(
-        storage_url(),
-        # SQLite: wait for the writer lock instead of failing with "database is locked".
-        engine_kwargs={"connect_args": {"timeout": 60}}
-        if storage_url().startswith("sqlite")
-        else None,
+        url,
+        engine_kwargs=sqlite_wait,
         heartbeat_interval=HEARTBEAT_S,
         grace_period=2 * HEARTBEAT_S,
         heartbeat_stale_trial_callback=_FailAndRetry(tracker),
