@@ -6,6 +6,8 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.reprolab-installed
 RUN := PATH="$(BIN):$$PATH"
+UI_PORT ?= 5000
+DASHBOARD_PORT ?= 8080
 
 .DEFAULT_GOAL := help
 .PHONY: help install repro test test-fast lint format ui dashboard clean-stores
@@ -37,11 +39,11 @@ lint: install ## ruff check and format check
 format: install ## ruff fix and format
 	$(RUN) ruff check --fix . && $(RUN) ruff format .
 
-ui: install ## open the MLflow UI on the repo's tracking store (http://127.0.0.1:5000)
-	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+ui: install ## open the MLflow UI on the repo's tracking store (http://127.0.0.1:$(UI_PORT))
+	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
-dashboard: install ## open optuna-dashboard on the study storage (http://127.0.0.1:8080)
-	$(RUN) optuna-dashboard sqlite:///$(CURDIR)/.optuna/studies.db --host 127.0.0.1 --port 8080
+dashboard: install ## open optuna-dashboard on the study storage (http://127.0.0.1:$(DASHBOARD_PORT))
+	$(RUN) optuna-dashboard sqlite:///$(CURDIR)/.optuna/studies.db --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 clean-stores: ## delete the local MLflow store and Optuna studies (DVC outputs stay)
 	rm -rf mlflow.db mlartifacts .optuna

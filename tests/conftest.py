@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -133,3 +134,76 @@ def md5s(repo: Path, patterns: list[str]) -> dict[str, str]:
 @pytest.fixture
 def tiny_repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "repo", TINY_PARAMS, TINY_MODELS)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real `dvc repro` of the TINY pipeline, shared by every module that only reads it
+    (a test that changes params works on ``copy_repo`` of it)."""
+    import json
+
+    repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS, TINY_MODELS)
+    imports_log = repo.parent / "imports.jsonl"
+    result = run(["dvc", "repro"], repo, REPROLAB_IMPORTS_LOG=str(imports_log))
+    return {
+        "repo": repo,
+        "first": result,
+        "imports": [json.loads(line) for line in imports_log.read_text().splitlines()],
+    }
+
+
+def copy_repo(repo: Path, dest: Path) -> Path:
+    """A full copy (git, DVC cache, MLflow and Optuna stores) to change without side effects."""
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], cwd: Path, ready_url: str, timeout: float = 180, **env: str):
+    """Start a server (own process group), wait until ``ready_url`` answers 200, yield,
+    then kill the whole group. Fails with the server's log if it never becomes ready."""
+    import signal
+    import time
+    import urllib.request
+
+    log = cwd.parent / f"server-{Path(cmd[0]).name}-{os.getpid()}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=clean_env(**env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"{cmd} exited {proc.returncode}:\n{log.read_text()}")
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=5) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{ready_url} not ready in {timeout}s:\n{log.read_text()}")
+                time.sleep(1)
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_MODELS, TINY_PARAMS, make_repo, md5s, run, set_params, stages_run
+from conftest import (
+    TINY_MODELS,
+    TINY_PARAMS,
+    copy_repo,
+    make_repo,
+    md5s,
+    run,
+    set_params,
+    stages_run,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -23,21 +32,15 @@ TRACKED = [
     "metrics/*/*.json",
     "plots/*/*",
     "data/splits/*",
-    "reports/leaderboard.md",
+    "reports/*.md",
+    "reports/*.html",
+    "reports/figures/*.png",
 ]
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS, TINY_MODELS)
-    imports_log = repo.parent / "imports.jsonl"
-    result = run(["dvc", "repro"], repo, REPROLAB_IMPORTS_LOG=str(imports_log))
-    return {
-        "repo": repo,
-        "first": result,
-        "md5": md5s(repo, TRACKED),
-        "imports": [json.loads(line) for line in imports_log.read_text().splitlines()],
-    }
+def pipeline(tiny_pipeline: dict) -> dict:
+    return {**tiny_pipeline, "md5": md5s(tiny_pipeline["repo"], TRACKED)}
 
 
 def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> None:
@@ -62,11 +65,12 @@ def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> N
         )
         test = json.loads((repo / f"metrics/{model}/test.json").read_text())
         assert 0.5 < test["accuracy"] <= 1.0, test  # 3 epochs on digits is far above chance
-    leaderboard = (repo / "reports/leaderboard.md").read_text()
+    leaderboard = (repo / "reports/summary.md").read_text()
     assert all(f"| {m} |" in leaderboard for m in MODELS)
+    assert len(list((repo / "reports/figures").glob("*.png"))) == 4 * len(MODELS)
     # No timestamps, run ids or absolute paths in DVC-tracked outputs.
     for rel in pipeline["md5"]:
-        if rel.endswith((".json", ".tsv", ".csv", ".md")):
+        if rel.endswith((".json", ".tsv", ".csv", ".md", ".html")):
             text = (repo / rel).read_text()
             assert str(repo) not in text and "/tmp" not in text, rel
 
@@ -145,8 +149,8 @@ def test_clean_clone_reproduces_byte_identical_outputs(pipeline: dict, tmp_path:
     assert md5s(repo, TRACKED) == pipeline["md5"]
 
 
-def test_changing_one_models_param_reruns_only_that_model(pipeline: dict) -> None:
-    repo = pipeline["repo"]
+def test_changing_one_models_param_reruns_only_that_model(pipeline: dict, tmp_path: Path) -> None:
+    repo = copy_repo(pipeline["repo"], tmp_path / "repo")
     studies = {
         m: json.loads((repo / f"models/{m}/best_params.json").read_text())["study"] for m in MODELS
     }
@@ -164,8 +168,10 @@ def test_changing_one_models_param_reruns_only_that_model(pipeline: dict) -> Non
     assert all(after[m] == studies[m] for m in MODELS if m != "mlp")
 
 
-def test_changing_the_split_seed_reruns_everything_downstream(pipeline: dict) -> None:
-    repo = pipeline["repo"]
+def test_changing_the_split_seed_reruns_everything_downstream(
+    pipeline: dict, tmp_path: Path
+) -> None:
+    repo = copy_repo(pipeline["repo"], tmp_path / "repo")
     set_params(repo, {"split": {"seed": 123}})
     result = run(["dvc", "repro"], repo)
     assert set(stages_run(result.stdout)) == ALL_STAGES - {"download"}

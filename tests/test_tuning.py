@@ -26,7 +26,7 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     )
 
 
-def wait_for_trials(storage: str, count: int, timeout: float = 180) -> optuna.Study:
+def wait_for_trials(storage: str, count: int, timeout: float = 420) -> optuna.Study:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

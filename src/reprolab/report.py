@@ -1,12 +1,30 @@
-"""The leaderboard: every model ranked by its validation metric, test metrics beside it."""
+"""The report: every model ranked by its validation metric, test metrics beside it, and
+figures, as ``reports/summary.md`` and ``reports/index.html`` (+ ``reports/figures/*.png``).
+
+Everything here is drawn from DVC-tracked files, so the report is byte-identical across
+reruns; wall-clock training time is not (it is the MLflow metric ``train_seconds``).
+"""
 
 from __future__ import annotations
 
+import html
 import json
 
 from reprolab import paths
 from reprolab.config import Params
-from reprolab.io import write_text
+from reprolab.figures import draw_figures
+from reprolab.io import atomic_dir, write_text
+from reprolab.tracking import CHAMPION, registered_name
+
+FIGURES_DIR = "figures"
+TEST_KEYS = ("accuracy", "macro_f1", "loss")
+
+
+def model_params(params: Params, name: str) -> str:
+    """The model's settings from params.yaml, as ``key=value`` pairs."""
+    spec = params.models[name]
+    pairs = {"optimizer": spec.optimizer, "batch_size": spec.batch_size, **spec.options}
+    return ", ".join(f"{k}={v}" for k, v in pairs.items())
 
 
 def leaderboard_rows(params: Params) -> list[dict]:
@@ -19,8 +37,9 @@ def leaderboard_rows(params: Params) -> list[dict]:
                 "model": name,
                 "arch": params.models[name].arch,
                 "val": train["val"],
-                "test": {k: test[k] for k in ("accuracy", "macro_f1", "loss")},
+                "test": {k: test[k] for k in TEST_KEYS},
                 "train": train["train"],
+                "params": model_params(params, name),
             }
         )
     metric = params.report.metric
@@ -29,38 +48,126 @@ def leaderboard_rows(params: Params) -> list[dict]:
     return rows
 
 
-def render_leaderboard(params: Params, rows: list[dict]) -> str:
+def _cells(params: Params, rank: int, r: dict) -> list[str]:
     metric = params.report.metric
+    t, val, test = r["train"], r["val"], r["test"]
+    return [
+        str(rank),
+        r["model"],
+        r["arch"],
+        f"{val[metric]:.4f}",
+        f"{val['loss']:.4f}",
+        f"{test['accuracy']:.4f}",
+        f"{test['macro_f1']:.4f}",
+        f"{test['loss']:.4f}",
+        f"{t['lr']:.3g}",
+        f"{t['weight_decay']:.3g}",
+        r["params"],
+        f"{t['best_epoch']}/{t['epochs_run']}",
+        f"{t['n_parameters']:,}",
+    ]
+
+
+def _header(params: Params) -> list[str]:
+    metric = params.report.metric
+    return [
+        "rank",
+        "model",
+        "arch",
+        f"val {metric}",
+        "val loss",
+        "test accuracy",
+        "test macro-F1",
+        "test loss",
+        "lr",
+        "weight decay",
+        "params",
+        "best epoch / epochs",
+        "parameters",
+    ]
+
+
+def _intro(params: Params, rows: list[dict]) -> tuple[str, str]:
+    champion = f"models:/{registered_name(params.dataset, rows[0]['model'])}@{CHAMPION}"
+    ranked = (
+        f"Ranked by validation {params.report.metric}; test metrics come from the single final "
+        "evaluation. Training time is wall-clock, so it lives in MLflow (metric "
+        "`train_seconds`), not in this reproducible report."
+    )
+    return ranked, champion
+
+
+def render_markdown(params: Params, rows: list[dict], figures: dict) -> str:
+    ranked, champion = _intro(params, rows)
+    header = _header(params)
     lines = [
         f"# Leaderboard: {params.dataset}",
         "",
-        f"Ranked by validation {metric}; test metrics come from the single final evaluation.",
+        ranked,
         "",
-        f"| rank | model | arch | val {metric} | val loss | test accuracy | test macro-F1 "
-        "| test loss | lr | weight decay | epochs | parameters |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Champion (alias `{CHAMPION}` in the MLflow Model Registry): `{champion}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|"
+        + "|".join("---:" if h not in ("model", "arch", "params") else "---" for h in header)
+        + "|",
     ]
-    for rank, r in enumerate(rows, 1):
-        t, val, test = r["train"], r["val"], r["test"]
-        cells = [
-            str(rank),
-            r["model"],
-            r["arch"],
-            f"{val[metric]:.4f}",
-            f"{val['loss']:.4f}",
-            f"{test['accuracy']:.4f}",
-            f"{test['macro_f1']:.4f}",
-            f"{test['loss']:.4f}",
-            f"{t['lr']:.3g}",
-            f"{t['weight_decay']:.3g}",
-            f"{t['best_epoch']}/{t['epochs_run']}",
-            f"{t['n_parameters']:,}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(_cells(params, i, r)) + " |" for i, r in enumerate(rows, 1)]
+    for r in rows:
+        lines += ["", f"## {r['model']}", ""]
+        lines += [f"![{title}]({FIGURES_DIR}/{name})" for title, name in figures[r["model"]]]
     return "\n".join(lines) + "\n"
+
+
+def render_html(params: Params, rows: list[dict], figures: dict) -> str:
+    ranked, champion = _intro(params, rows)
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in _header(params))
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in _cells(params, i, r)) + "</tr>"
+        for i, r in enumerate(rows, 1)
+    )
+    sections = []
+    for r in rows:
+        images = "\n".join(
+            f'<figure><img src="{FIGURES_DIR}/{e(name)}" alt="{e(title)}">'
+            f"<figcaption>{e(title)}</figcaption></figure>"
+            for title, name in figures[r["model"]]
+        )
+        sections.append(f'<h2 id="{e(r["model"])}">{e(r["model"])}</h2>\n{images}')
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "figure{display:inline-block;margin:0 1em 1em 0}img{max-width:100%}"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>reprolab: {e(params.dataset)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
+        f"<h1>Leaderboard: {e(params.dataset)}</h1>\n<p>{e(ranked)}</p>\n"
+        f"<p>Champion (alias <code>{CHAMPION}</code>): <code>{e(champion)}</code></p>\n"
+        f'<table id="leaderboard">\n<tr>{head}</tr>\n{body}\n</table>\n'
+        + "\n".join(sections)
+        + "\n</body>\n</html>\n"
+    )
 
 
 def write_report(params: Params) -> list[dict]:
     rows = leaderboard_rows(params)
-    write_text(paths.REPORTS / "leaderboard.md", render_leaderboard(params, rows))
+    models = [r["model"] for r in rows]
+    specs = {m: json.loads((paths.model_dir(m) / "model.json").read_text()) for m in models}
+    inputs = {
+        "curves": paths.PLOTS / "curves",
+        "trials": paths.PLOTS / "trials",
+        "test": {m: json.loads((paths.METRICS / m / "test.json").read_text()) for m in models},
+        "classes": specs[models[0]].get("classes"),
+    }
+    with atomic_dir(paths.REPORTS / FIGURES_DIR) as folder:
+        figures = draw_figures(params, models, inputs, folder)
+    write_text(paths.REPORTS / "summary.md", render_markdown(params, rows, figures))
+    write_text(paths.REPORTS / "index.html", render_html(params, rows, figures))
     return rows
+
+
+def champion_weights_md5(model: str) -> str:
+    """The md5 of the model.pt DVC tracks for ``model`` (recorded in its model.json)."""
+    return json.loads((paths.model_dir(model) / "model.json").read_text())["weights_md5"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -26,15 +27,20 @@ class CheckpointError(RuntimeError):
     """A model file is missing or unreadable."""
 
 
-def save_model(model: nn.Module, spec: ModelSpec, folder: Path, extra: dict) -> None:
+def save_model(model: nn.Module, spec: ModelSpec, folder: Path, extra: dict) -> str:
+    """Write model.pt and model.json; return the weights' md5 (the hash dvc.lock records)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Through a buffer: torch.save names the archive inside the zip after the target file,
     # and the temp file's random name would make equal weights differ byte-wise.
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    weights = buffer.getvalue()
     with atomic_path(folder / MODEL_FILE) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    write_json(folder / SPEC_FILE, spec.to_json() | extra)
+        tmp.write_bytes(weights)
+    md5 = hashlib.md5(weights).hexdigest()
+    # The md5 ties the DVC file to its MLflow model version (tag ``weights_md5``).
+    write_json(folder / SPEC_FILE, spec.to_json() | extra | {"weights_md5": md5})
+    return md5
 
 
 def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -66,6 +72,7 @@ def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict:
     p = ctx.params
     train, val = ctx.load("train"), ctx.load("val")
     model = ctx.new_model()
+    started = time.perf_counter()
     result = fit(
         model,
         train,
@@ -77,6 +84,8 @@ def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict:
         seed=p.seed,
         desc=f"train {ctx.name}",
     )
+    # Wall-clock time goes to MLflow only: DVC outputs must be byte-equal across reruns.
+    train_seconds = time.perf_counter() - started
     probabilities = torch.softmax(predict(model, val).double(), 1).cpu().numpy()
     val_metrics = classification_metrics(val.y.cpu().numpy(), probabilities)
     run_record = {
@@ -89,15 +98,24 @@ def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict:
         "n_parameters": sum(t.numel() for t in model.parameters()),
     }
     folder = paths.model_dir(ctx.name)
-    save_model(model, ctx.arch_spec, folder, {"study": best["study"], "model": ctx.name})
+    about = model_metadata(ctx.meta, float(train.x.max()))
+    extra = {"study": best["study"], "model": ctx.name, **about}
+    weights_md5 = save_model(model, ctx.arch_spec, folder, extra)
     write_tsv(paths.PLOTS / "curves" / f"{ctx.name}.tsv", result.history)
     metrics = {"val": val_metrics, "train": run_record}
     write_json(paths.METRICS / ctx.name / "train.json", metrics)
-    _log_final(ctx, model, best, tags, val_metrics, run_record, result.history, val)
+    logged = {**{f"val_{k}": v for k, v in val_metrics.items()}, "train_seconds": train_seconds}
+    _log_final(ctx, model, best, tags, logged, run_record, result.history, val, about, weights_md5)
     return metrics
 
 
-def _log_final(ctx, model, best, tags, val_metrics, run_record, history, val) -> None:
+def model_metadata(meta: dict, input_max: float) -> dict:
+    """What a caller needs to feed the model raw files: class names and the pixel range
+    (an 8-bit image is rescaled to ``[0, input_max]``, e.g. 16 for digits)."""
+    return {"classes": list(meta["classes"]), "input_max": input_max}
+
+
+def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, weights_md5):
     import mlflow
     from mlflow.models import infer_signature
 
@@ -110,7 +128,7 @@ def _log_final(ctx, model, best, tags, val_metrics, run_record, history, val) ->
             metrics={f"final.{k}": v for k, v in row.items() if k != "epoch"},
             step=int(row["epoch"]),
         )
-    tracker.log(parent, metrics={f"val_{k}": v for k, v in val_metrics.items()})
+    tracker.log(parent, metrics=logged)
     train_params = flatten("train", p.train.model_dump(mode="json"))
     example = val.x[:4].float().cpu().numpy()
     model_cpu = model.to("cpu").eval()
@@ -125,6 +143,7 @@ def _log_final(ctx, model, best, tags, val_metrics, run_record, history, val) ->
             registered_model_name=registered_name(p.dataset, ctx.name),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             params={**train_params, **{k: str(v) for k, v in run_record.items()}},
+            metadata=about,
         )
     version = info.registered_model_version
     if version is not None:
@@ -134,6 +153,7 @@ def _log_final(ctx, model, best, tags, val_metrics, run_record, history, val) ->
             "data_md5": ",".join(f"{k}={v}" for k, v in tags.items() if "data_md5" in k),
             "params_hash": params_hash({"model": ctx.spec.model_dump(mode="json"), **best}),
             "device": ctx.device.type,
+            "weights_md5": weights_md5,
         }
         for key, value in version_tags.items():
             tracker.client.set_model_version_tag(name, str(version), key, value)

@@ -1,0 +1,152 @@
+"""The report's figures: PNGs drawn with matplotlib's Agg canvas from DVC-tracked files only.
+
+Byte-deterministic: no pyplot state, the bundled DejaVu font, fixed size and dpi, and no
+``Software``/date metadata in the PNG, so two runs on the same inputs give equal bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from reprolab.config import Params
+
+DPI = 100
+RC = {"font.family": "DejaVu Sans", "font.size": 9, "svg.hashsalt": "reprolab"}
+PNG_METADATA = {"Software": None}  # matplotlib stamps its version otherwise; no date in PNG
+
+# name -> (title, draw); draw(fig, model, params, inputs) fills the figure or returns False
+# when the model has nothing to show (the file is then not written).
+FigureFn = Callable[[Figure, str, Params, dict], bool]
+
+
+def read_table(path: Path, sep: str = "\t") -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter=sep))
+
+
+def _curves(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
+    rows = read_table(inputs["curves"] / f"{model}.tsv")
+    epochs = [int(r["epoch"]) for r in rows]
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for key in ("train_loss", "val_loss"):
+        loss_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title=f"{model}: loss")
+    loss_ax.legend()
+    if rows and "val_accuracy" in rows[0]:
+        acc_ax.plot(epochs, [float(r["val_accuracy"]) for r in rows], marker="o", color="C2")
+    acc_ax.set(xlabel="epoch", ylabel="val accuracy", title=f"{model}: validation accuracy")
+    return True
+
+
+def _confusion(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
+    counts = inputs["test"][model]["confusion_matrix"]
+    classes = inputs["classes"] or [str(i) for i in range(len(counts))]
+    ax = fig.subplots()
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes)
+    ax.set_yticks(ticks, classes)
+    ax.set(xlabel="predicted", ylabel="actual", title=f"{model}: test confusion matrix")
+    top = max(max(row) for row in counts) or 1
+    for i, row in enumerate(counts):
+        for j, n in enumerate(row):
+            if n:
+                color = "white" if n > top / 2 else "black"
+                ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color=color)
+    return True
+
+
+def _history(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
+    rows = read_table(inputs["trials"] / f"{model}.tsv")
+    ax = fig.subplots()
+    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+        chosen = [r for r in rows if r["state"] == state]
+        ax.scatter(
+            [int(r["trial"]) for r in chosen],
+            [float(r["value"]) for r in chosen],
+            marker=marker,
+            label=state.lower(),
+        )
+    best, xs, ys = math.inf, [], []
+    for r in rows:
+        if r["state"] == "COMPLETE":
+            best = min(best, float(r["value"]))
+        if best < math.inf:
+            xs.append(int(r["trial"]))
+            ys.append(best)
+    ax.step(xs, ys, where="post", color="C3", label="best so far")
+    ax.set(xlabel="trial", ylabel="validation loss", title=f"{model}: Optuna optimisation history")
+    ax.set_yscale("log")
+    ax.legend()
+    return True
+
+
+def param_importances(rows: list[dict[str, str]], params: Params) -> dict[str, float] | None:
+    """fANOVA importances (seeded) of the tuned params over the complete trials of the
+    trials table, or None with fewer than two complete trials."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    ranges = {"lr": params.tune.lr, "weight_decay": params.tune.weight_decay}
+    dists = {k: FloatDistribution(r.low, r.high, log=True) for k, r in ranges.items()}
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    if len(complete) < 2:
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")
+    for r in complete:
+        # The table rounds to 6 digits; clip so a bound-hugging value stays in range.
+        values = {k: min(max(float(r[k]), d.low), d.high) for k, d in dists.items()}
+        study.add_trial(
+            optuna.trial.create_trial(params=values, distributions=dists, value=float(r["value"]))
+        )
+    evaluator = FanovaImportanceEvaluator(seed=params.seed)
+    return dict(get_param_importances(study, evaluator=evaluator, normalize=True))
+
+
+def _importances(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
+    importances = param_importances(read_table(inputs["trials"] / f"{model}.tsv"), params)
+    ax = fig.subplots()
+    if importances is None:
+        ax.text(0.5, 0.5, "fewer than 2 complete trials", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        names = sorted(importances, key=lambda k: importances[k])
+        ax.barh(names, [importances[k] for k in names], color="C0")
+        ax.set(xlim=(0, 1), xlabel="importance (fANOVA)")
+    ax.set_title(f"{model}: hyperparameter importances")
+    return True
+
+
+# Per-model figures, in report order. A generative model (DCGAN) adds a sample grid here:
+# a ("samples", "Generated samples", draw) entry whose draw returns False for classifiers.
+FIGURES: list[tuple[str, str, FigureFn, tuple[float, float]]] = [
+    ("curves", "Learning curves", _curves, (9.0, 3.2)),
+    ("confusion", "Test confusion matrix", _confusion, (4.6, 3.8)),
+    ("history", "Optuna optimisation history", _history, (5.0, 3.2)),
+    ("importance", "Hyperparameter importances", _importances, (5.0, 2.2)),
+]
+
+
+def draw_figures(params: Params, models: list[str], inputs: dict, folder: Path) -> dict:
+    """Write ``<kind>-<model>.png`` into ``folder``; return {model: [(title, file name)]}."""
+    written: dict[str, list[tuple[str, str]]] = {}
+    with matplotlib.rc_context(RC):
+        for model in models:
+            written[model] = []
+            for kind, title, draw, size in FIGURES:
+                fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+                if not draw(fig, model, params, inputs):
+                    continue
+                name = f"{kind}-{model}.png"
+                fig.savefig(folder / name, format="png", dpi=DPI, metadata=PNG_METADATA)
+                written[model].append((title, name))
+    return written

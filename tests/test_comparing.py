@@ -1,0 +1,148 @@
+"""Comparing runs: the HTML report, dvc exp/metrics/plots, `make ui` (checked in headless
+Chromium, screenshot kept) and `make dashboard`, on the shared TINY pipeline run."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO, free_port, run, server
+
+pytestmark = pytest.mark.slow
+
+MODELS = ("mlp", "lenet")
+SCREENSHOTS = REPO / "bench" / "out"
+
+
+def test_html_report_has_leaderboard_and_every_figure(tiny_pipeline: dict) -> None:
+    repo = tiny_pipeline["repo"]
+    page = (repo / "reports/index.html").read_text()
+    for column in ("val accuracy", "test accuracy", "lr", "params", "parameters"):
+        assert f"<th>{column}</th>" in page
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) == 4 * len(MODELS)
+    for src in images:
+        assert (repo / "reports" / src).read_bytes().startswith(b"\x89PNG")
+    assert all(f"figures/{kind}-mlp.png" in images for kind in ("curves", "confusion"))
+    assert all(f"figures/{kind}-mlp.png" in images for kind in ("history", "importance"))
+    summary = (repo / "reports/summary.md").read_text()
+    assert summary.count("](figures/") == len(images)
+
+
+def test_dvc_exp_show_metrics_and_plots_give_model_columns_and_curves(
+    tiny_pipeline: dict,
+) -> None:
+    repo = tiny_pipeline["repo"]
+    table = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
+    header = table.splitlines()[0].split(",")
+    for model in MODELS:
+        assert f"metrics/{model}/train.json:val.accuracy" in header
+        assert f"metrics/{model}/test.json:accuracy" in header
+        assert f"models.{model}.batch_size" in header
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert metrics, "dvc metrics show found nothing"
+    assert "Path" in run(["dvc", "metrics", "diff", "--all"], repo).stdout
+    plots = json.loads(run(["dvc", "plots", "diff", "--json"], repo).stdout)
+    shown = set(plots.get("data", plots))
+    for model in MODELS:
+        assert {f"plots/{d}/{model}.{e}" for d, e in (("curves", "tsv"), ("trials", "tsv"))} <= (
+            shown
+        )
+        assert f"plots/confusion/{model}.csv" in shown
+
+
+def _make(target: str, port: int) -> list[str]:
+    """`make <target>` with this environment, without reinstalling it (-o: the install stamp
+    counts as up to date)."""
+    venv = Path(sys.executable).parent.parent
+    stamp = venv / ".reprolab-installed"
+    var = "UI_PORT" if target == "ui" else "DASHBOARD_PORT"
+    return ["make", "-o", str(stamp), target, f"VENV={venv}", f"{var}={port}"]
+
+
+def _chromium(url: str, profile: Path, screenshot: Path | None = None) -> str:
+    cmd = [
+        shutil.which("chromium") or "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1600,1000",
+        "--virtual-time-budget=20000",
+    ]
+    cmd += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    result = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def _text(dom: str) -> str:
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", text).split())
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (.ci/run)")
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_ui_lists_the_runs_with_their_metrics(tiny_pipeline: dict, tmp_path: Path) -> None:
+    import mlflow
+
+    repo = tiny_pipeline["repo"]
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("reprolab-digits").experiment_id
+    parents = mlflow.search_runs(
+        [experiment], "tags.`reprolab.role` = 'model'", output_format="list"
+    )
+    ids = json.dumps([r.info.run_id for r in parents])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with server(_make("ui", port), repo, f"{url}/health", timeout=180):
+        runs_page = f"{url}/#/experiments/{experiment}/runs"
+        runs_text = _text(_chromium(runs_page, tmp_path / "p1"))
+        compare = (
+            f"{url}/#/compare-runs?runs={urllib.parse.quote(ids)}"
+            f"&experiments={urllib.parse.quote(json.dumps([experiment]))}"
+        )
+        compare_text = _text(_chromium(compare, tmp_path / "p2"))
+        shot = tmp_path / "mlflow-runs.png"
+        _chromium(runs_page, tmp_path / "p3", screenshot=shot)
+        _chromium(compare, tmp_path / "p4", screenshot=tmp_path / "mlflow-compare.png")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for name in ("mlflow-runs.png", "mlflow-compare.png"):
+        shutil.copy(tmp_path / name, SCREENSHOTS / name)
+    print(f"screenshots: {SCREENSHOTS}/mlflow-runs.png, mlflow-compare.png")
+    assert "reprolab-digits" in runs_text
+    for model in MODELS:
+        assert re.search(rf"\b{model}\b", runs_text), runs_text[:2000]
+        assert f"digits-{model}" in runs_text  # the registered model version of each run
+    for metric in ("val_accuracy", "test_accuracy", "train_seconds", "best_val_loss"):
+        assert metric in compare_text, compare_text[:3000]
+    for parent in parents:
+        value = parent.data.metrics["test_accuracy"]
+        assert f"{value:.3f}".rstrip("0") in compare_text
+    assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_dashboard_serves_the_studies(tiny_pipeline: dict) -> None:
+    repo = tiny_pipeline["repo"]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (
+        server(_make("dashboard", port), repo, f"{url}/api/studies", timeout=120),
+        urllib.request.urlopen(f"{url}/api/studies", timeout=30) as response,
+    ):
+        studies = json.loads(response.read())["study_summaries"]
+    names = {s["study_name"] for s in studies}
+    assert {n.split(".")[1] for n in names} == set(MODELS), names

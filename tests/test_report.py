@@ -1,0 +1,64 @@
+"""The report from hand-made metric files: ranked by validation (never test), byte-equal twice."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from reprolab.config import validate_params
+from reprolab.io import write_json, write_text
+from reprolab.report import write_report
+
+TRIALS = "trial\tstate\tvalue\tlr\tweight_decay\tepochs\n" + "".join(
+    f"{i}\t{s}\t{v}\t{lr}\t{wd}\t2\n"
+    for i, (s, v, lr, wd) in enumerate(
+        [
+            ("COMPLETE", 0.5, 0.001, 1e-5),
+            ("PRUNED", 0.9, 0.02, 1e-3),
+            ("COMPLETE", 0.3, 0.005, 1e-4),
+        ]
+    )
+)
+
+
+def _fake_outputs(val_acc: dict[str, float], test_acc: dict[str, float]) -> None:
+    for model in val_acc:
+        train = {
+            "val": {"accuracy": val_acc[model], "loss": 0.3, "macro_f1": 0.9},
+            "train": {"best_epoch": 2, "epochs_run": 3, "lr": 0.01, "weight_decay": 1e-4}
+            | {"n_parameters": 1234, "device": "cpu", "threads": 2},
+        }
+        test = {"accuracy": test_acc[model], "loss": 0.4, "macro_f1": 0.8}
+        test["confusion_matrix"] = [[5, 1], [0, 4]]
+        write_json(f"metrics/{model}/train.json", train)
+        write_json(f"metrics/{model}/test.json", test)
+        write_json(f"models/{model}/model.json", {"classes": ["a", "b"], "weights_md5": "x"})
+        write_text(
+            f"plots/curves/{model}.tsv",
+            "epoch\ttrain_loss\tval_loss\tval_accuracy\n1\t1\t1\t0.5\n2\t0.5\t0.6\t0.7\n",
+        )
+        write_text(f"plots/trials/{model}.tsv", TRIALS)
+
+
+def test_report_ranks_by_validation_and_is_byte_deterministic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = validate_params(
+        {"models": {"mlp": {"arch": "mlp"}, "lenet": {"arch": "lenet"}}}, options_of=[]
+    )
+    # lenet is better on validation, mlp on test: the ranking must follow validation.
+    _fake_outputs({"mlp": 0.8, "lenet": 0.9}, {"mlp": 0.99, "lenet": 0.5})
+    rows = write_report(params)
+    assert [r["model"] for r in rows] == ["lenet", "mlp"]
+    files = sorted(Path("reports").rglob("*.*"))
+    first = {p: hashlib.md5(p.read_bytes()).hexdigest() for p in files}
+    assert len([p for p in files if p.suffix == ".png"]) == 8
+    write_report(params)
+    assert {p: hashlib.md5(p.read_bytes()).hexdigest() for p in files} == first
+    page = Path("reports/index.html").read_text()
+    assert "models:/digits-lenet@champion" in page and str(tmp_path) not in page
+    assert json.dumps(str(tmp_path)) not in Path("reports/summary.md").read_text()
