@@ -55,4 +55,7 @@ def test_model_stages_depend_on_their_own_architecture_file_only(stages: dict) -
         arch_files = {
             d for d in stages[f"train@{model}"]["deps"] if d.startswith("src/reprolab/models/")
         }
-        assert arch_files == {"src/reprolab/models/_base.py", f"src/reprolab/models/{spec['arch']}.py"}
+        assert arch_files == {
+            "src/reprolab/models/_base.py",
+            f"src/reprolab/models/{spec['arch']}.py",
+        }
