@@ -102,7 +102,7 @@ class TrainParams(_Strict):
     step: StepSchedule = StepSchedule()
     # true: deterministic algorithms (CUDA: no cudnn.benchmark); false: fastest kernels.
     deterministic: bool = True
-    # torch.compile the model for training; measured slower for these models on CPU.
+    # torch.compile the model for training; opt-in (compile time is paid on every run).
     compile: bool = False
     augment: AugmentParams = AugmentParams()
 
