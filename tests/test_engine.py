@@ -1,15 +1,19 @@
-"""The training loop: early stopping with best-checkpoint restore, schedules, divergence."""
+"""The training loop: early stopping, checkpoint restore, schedules, augmentation, backends."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
+from reprolab import engine
 from reprolab.config import ModelSpec, TrainParams
 from reprolab.data.tensors import TensorData
 from reprolab.engine import (
     DeviceError,
     DivergedError,
+    augment_images,
     evaluate_loss,
     fit,
     make_optimizer,
@@ -97,21 +101,146 @@ def test_explicit_cuda_without_gpu_is_a_clear_error() -> None:
     assert select_device("auto").type in ("cpu", "mps")
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fit_runs_on_cuda() -> None:
-    model = small_mlp().cuda()
+def distinct_images(n: int, channels: int = 2, size: int = 6) -> torch.Tensor:
+    """uint8 images with no zero pixel, so zeros in an output can only be padding."""
+    pixels = torch.arange(n * channels * size * size) % 250 + 1
+    return pixels.reshape(n, channels, size, size).to(torch.uint8)
+
+
+def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``image`` moved by (dy, dx) pixels, zeros where it moved away from."""
+    _, h, w = image.shape
+    out = torch.zeros_like(image)
+    out[:, max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)] = image[
+        :, max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)
+    ]
+    return out
+
+
+def test_random_crop_shifts_each_image_within_the_padding() -> None:
+    x = distinct_images(32)
+    out = augment_images(x, crop_padding=2, flip=False, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    shifts = []
+    for before, after in zip(x, out, strict=True):
+        found = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(after, shifted(before, dy, dx))
+        ]
+        assert len(found) == 1, "each output is its input shifted by at most the padding"
+        shifts += found
+    assert len(set(shifts)) > 5, "offsets are drawn per image"
+
+
+def test_flip_mirrors_some_images_and_keeps_the_others() -> None:
+    x = distinct_images(64)
+    out = augment_images(x, crop_padding=0, flip=True, generator=torch.Generator().manual_seed(0))
+    flipped = [torch.equal(a, b.flip(-1)) for a, b in zip(out, x, strict=True)]
+    kept = [torch.equal(a, b) for a, b in zip(out, x, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 10 < sum(flipped) < 54
+
+
+def test_augmentation_is_seeded_and_needs_images() -> None:
+    x = distinct_images(8)
+    a = augment_images(x, 1, True, torch.Generator().manual_seed(3))
+    b = augment_images(x, 1, True, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="crop_padding: 0"):
+        augment_images(torch.zeros(4, 10), 1, False)
+
+
+def test_augmentation_is_off_by_default_and_validated() -> None:
+    assert not TrainParams().augment.enabled
+    assert TrainParams(augment={"flip": True}).augment.enabled
+    with pytest.raises(ValueError):
+        TrainParams(augment={"crop_padding": -1})
+    with pytest.raises(ValueError):
+        TrainParams(augment={"flipp": True})
+
+
+def test_augmentation_touches_training_batches_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def record(x, crop_padding, flip, generator=None):
+        calls.append(len(x))
+        return augment_images(x, crop_padding, flip, generator)
+
+    monkeypatch.setattr(engine, "augment_images", record)
+    result, _ = train(small_mlp(), lr=0.01, max_epochs=2, patience=5, augment={"crop_padding": 1})
+    # 96 training rows in batches of 16, two epochs; never the 96 validation rows at once.
+    assert calls == [16] * 12 and len(result.history) == 2
+
+
+def test_deterministic_param_switches_torch_algorithms() -> None:
+    try:
+        train(small_mlp(), lr=0.01, max_epochs=1, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        train(small_mlp(), lr=0.01, max_epochs=1, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_optimizers_are_fused_on_cpu() -> None:
+    model = small_mlp()
+    for name in ("adam", "sgd"):
+        opt = make_optimizer(model, ModelSpec(arch="mlp", optimizer=name), lr=0.1, weight_decay=0)
+        assert opt.defaults["fused"] is True
+
+
+def test_fit_logs_one_row_per_epoch_and_progress_can_be_forced(capsys) -> None:
+    rows = []
+    model = small_mlp()
     opt = make_optimizer(model, ModelSpec(arch="mlp"), lr=0.01, weight_decay=0.0)
-    data = blobs(64, 1)
-    data = TensorData(x=data.x.cuda(), y=data.y.cuda())
-    result = fit(
+    fit(
         model,
-        data,
-        data,
+        blobs(64, 1),
+        blobs(32, 2),
         optimizer=opt,
-        train_params=TrainParams(max_epochs=2),
-        epochs=2,
+        train_params=TrainParams(max_epochs=3, patience=3),
+        epochs=3,
         batch_size=16,
         seed=0,
+        on_epoch=lambda epoch, row: rows.append(epoch),
+        progress=True,
     )
+    assert rows == [1, 2, 3]
+    assert "epochs" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_runs_on_cuda_with_bf16_channels_last_and_augmentation() -> None:
+    torch.manual_seed(0)
+    model = build_model(ArchSpec("lenet", {}, (1, 8, 8), 3, [0.0], [1.0])).cuda()
+    opt = make_optimizer(model, ModelSpec(arch="lenet"), lr=0.01, weight_decay=0.0)
+    assert opt.defaults["fused"] is True
+    train_data, val_data = blobs(64, 1), blobs(64, 2)
+    to_cuda = [TensorData(x=d.x.cuda(), y=d.y.cuda()) for d in (train_data, val_data)]
+    params = TrainParams(
+        max_epochs=2, deterministic=False, augment={"crop_padding": 1, "flip": True}
+    )
+    try:
+        result = fit(
+            model,
+            *to_cuda,
+            optimizer=opt,
+            train_params=params,
+            epochs=2,
+            batch_size=16,
+            seed=0,
+        )
+        assert torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(False)
     assert len(result.history) == 2
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+    # channels_last during training only: the restored model is contiguous again.
+    assert all(p.is_contiguous() for p in model.parameters())
+    # Evaluation outside fit runs in float32 and agrees with the best epoch's loss (bf16).
+    loss, _ = evaluate_loss(model, to_cuda[1])
+    assert loss == pytest.approx(result.best_val_loss, rel=0.05)

@@ -84,11 +84,29 @@ class StepSchedule(_Strict):
     gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
 
 
+class AugmentParams(_Strict):
+    """Batched augmentation of training images on the device (validation never)."""
+
+    # Random crop back to size after zero-padding each side by this many pixels; 0 = off.
+    crop_padding: Annotated[int, Field(ge=0)] = 0
+    # Random horizontal flip; off by default: a flipped digit or letter is another symbol.
+    flip: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.flip
+
+
 class TrainParams(_Strict):
     max_epochs: PositiveInt = 60
     patience: PositiveInt = 8
     scheduler: Literal["none", "step", "cyclic", "onecycle"] = "none"
     step: StepSchedule = StepSchedule()
+    # true: deterministic algorithms (CUDA: no cudnn.benchmark); false: fastest kernels.
+    deterministic: bool = True
+    # torch.compile the model for training; opt-in (compile time is paid on every run).
+    compile: bool = False
+    augment: AugmentParams = AugmentParams()
 
 
 class ModelSpec(_Strict):

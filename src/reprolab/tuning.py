@@ -71,7 +71,10 @@ def study_name(ctx: ModelContext) -> str:
         "threads": p.threads,
         "device": ctx.device.type,
         "tune": p.tune.model_dump(mode="json"),
-        "train": p.train.model_dump(mode="json", include={"patience", "scheduler", "step"}),
+        "train": p.train.model_dump(
+            mode="json",
+            include={"patience", "scheduler", "step", "deterministic", "compile", "augment"},
+        ),
         "model": ctx.spec.model_dump(mode="json"),
         "data": ctx.data_md5(("train", "val")),
         "code": code_fingerprint(),
