@@ -28,25 +28,15 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from reprolab.checkout import copy_sources  # noqa: E402
 from reprolab.presets import apply_preset  # noqa: E402
 
 TARGETS = {("mnist", "cnn"): 0.992, ("fashion_mnist", "cnn"): 0.915, ("mnist", "mlp"): 0.98}
 
 
 def fresh_copy(dest: Path) -> Path:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    skip = ("dvc.lock", "metrics/", "plots/", "reports/", "models/", "bench/")
     shutil.rmtree(dest, ignore_errors=True)
-    for rel in files:
-        if (REPO / rel).is_file() and not rel.startswith(skip):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest / rel)
+    copy_sources(REPO, dest, exclude=("bench/",))
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@reprolab.invalid"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from reprolab.checkout import copy_sources
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -92,25 +94,8 @@ def make_repo(
     dest: Path, params: dict | None = None, models: tuple[str, ...] | None = None
 ) -> Path:
     """A git repo holding this checkout's source files (working tree, not just HEAD)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
     dest.mkdir(parents=True)
-    for rel in listed:
-        src = REPO / rel
-        # Source only: outputs of the developer's own runs must not leak into the copy.
-        if (
-            not src.is_file()
-            or rel == "dvc.lock"
-            or rel.startswith(("metrics/", "plots/", "reports/", "models/"))
-        ):
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest / rel)
+    copy_sources(REPO, dest)
     if params or models:
         set_params(dest, params or {}, models)
     run(["git", "init", "-q", "-b", "main"], dest)
