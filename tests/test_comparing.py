@@ -24,8 +24,10 @@ SCREENSHOTS = REPO / "bench" / "out"
 def test_html_report_has_leaderboard_and_every_figure(tiny_pipeline: dict) -> None:
     repo = tiny_pipeline["repo"]
     page = (repo / "reports/index.html").read_text()
-    for column in ("val accuracy", "test accuracy", "lr", "params", "parameters"):
+    for column in ("val accuracy", "test accuracy", "lr", "params", "parameters", "training time"):
         assert f"<th>{column}</th>" in page
+    # Wall-clock training time of every model, from its MLflow run.
+    assert len(re.findall(r"<td>\d+\.\d s</td>", page)) == len(MODELS)
     images = re.findall(r'<img src="([^"]+)"', page)
     assert len(images) == 4 * len(MODELS)
     for src in images:

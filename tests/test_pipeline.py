@@ -33,7 +33,7 @@ TRACKED = [
     "plots/*/*",
     "data/splits/*",
     "reports/*.md",
-    "reports/*.html",
+    # Not reports/index.html: its training-time column is wall-clock, read from MLflow.
     "reports/figures/*.png",
 ]
 

@@ -1,8 +1,9 @@
 """The report: every model ranked by its validation metric, test metrics beside it, and
 figures, as ``reports/summary.md`` and ``reports/index.html`` (+ ``reports/figures/*.png``).
 
-Everything here is drawn from DVC-tracked files, so the report is byte-identical across
-reruns; wall-clock training time is not (it is the MLflow metric ``train_seconds``).
+summary.md and the figures are drawn from DVC-tracked files only, so they are byte-identical
+across reruns. index.html adds one column that cannot be: the wall-clock training time,
+read from the MLflow store (the metric ``train_seconds`` of each model's run).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from reprolab import paths
 from reprolab.config import Params
 from reprolab.figures import draw_figures
 from reprolab.io import atomic_dir, write_text
-from reprolab.tracking import CHAMPION, registered_name
+from reprolab.tracking import CHAMPION, logged_metrics, registered_name
 
 FIGURES_DIR = "figures"
 TEST_KEYS = ("accuracy", "macro_f1", "loss")
@@ -91,8 +92,8 @@ def _intro(params: Params, rows: list[dict]) -> tuple[str, str]:
     champion = f"models:/{registered_name(params.dataset, rows[0]['model'])}@{CHAMPION}"
     ranked = (
         f"Ranked by validation {params.report.metric}; test metrics come from the single final "
-        "evaluation. Training time is wall-clock, so it lives in MLflow (metric "
-        "`train_seconds`), not in this reproducible report."
+        "evaluation. Training time is wall-clock: summary.md (byte-identical across reruns) "
+        "leaves it out; index.html shows it from MLflow (metric `train_seconds`)."
     )
     return ranked, champion
 
@@ -119,12 +120,23 @@ def render_markdown(params: Params, rows: list[dict], figures: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_html(params: Params, rows: list[dict], figures: dict) -> str:
+def _duration(seconds: float | None) -> str:
+    return "not in MLflow" if seconds is None else f"{seconds:.1f} s"
+
+
+def render_html(
+    params: Params, rows: list[dict], figures: dict, train_seconds: dict[str, float | None]
+) -> str:
     ranked, champion = _intro(params, rows)
     e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in _header(params))
+    head = "".join(f"<th>{e(h)}</th>" for h in [*_header(params), "training time"])
     body = "\n".join(
-        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in _cells(params, i, r)) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td>{e(c)}</td>"
+            for c in [*_cells(params, i, r), _duration(train_seconds[r["model"]])]
+        )
+        + "</tr>"
         for i, r in enumerate(rows, 1)
     )
     sections = []
@@ -164,7 +176,11 @@ def write_report(params: Params) -> list[dict]:
     with atomic_dir(paths.REPORTS / FIGURES_DIR) as folder:
         figures = draw_figures(params, models, inputs, folder)
     write_text(paths.REPORTS / "summary.md", render_markdown(params, rows, figures))
-    write_text(paths.REPORTS / "index.html", render_html(params, rows, figures))
+    train_seconds = {
+        m: logged_metrics(params.dataset, m, specs[m].get("study", "")).get("train_seconds")
+        for m in models
+    }
+    write_text(paths.REPORTS / "index.html", render_html(params, rows, figures, train_seconds))
     return rows
 
 

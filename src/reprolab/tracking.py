@@ -67,12 +67,11 @@ class Tracker:
 
     def parent_run_id(self, tags: Mapping[str, str]) -> str:
         """The model's parent run for this study: found by tags, or created."""
-        query = (
-            f"tags.`{TAG_STUDY}` = '{self.study}' and tags.`{TAG_ROLE}` = 'model'"
-            f" and tags.`{TAG_MODEL}` = '{self.model}'"
-        )
         runs = self.client.search_runs(
-            [self.experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1
+            [self.experiment_id],
+            _parent_query(self.model, self.study),
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
         )
         if runs:
             run_id = runs[0].info.run_id
@@ -127,6 +126,29 @@ class Tracker:
 
     def is_active(self, run_id: str) -> bool:
         return self.client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING)
+
+
+def _parent_query(model: str, study: str) -> str:
+    return (
+        f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = 'model'"
+        f" and tags.`{TAG_MODEL}` = '{model}'"
+    )
+
+
+def logged_metrics(dataset: str, model: str, study: str) -> dict[str, float]:
+    """The metrics of a model's parent run; empty when this store never saw that run."""
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(f"reprolab-{dataset}")
+    if experiment is None:
+        return {}
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        _parent_query(model, study),
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return dict(runs[0].data.metrics) if runs else {}
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
