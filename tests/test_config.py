@@ -41,17 +41,22 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
-def test_bad_params_stop_a_stage_naming_key_and_value(case: str, tmp_path: Path) -> None:
-    override, key, value = BAD[case]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(deep_merge(DEFAULT, override)))
-    result = subprocess.run(
-        [sys.executable, str(REPO / "stages/tune.py"), "mlp"],
-        cwd=tmp_path,
+def run_stage_script(script: str, model: str, cwd: Path) -> subprocess.CompletedProcess:
+    """A stage script of this checkout, run in ``cwd`` (which holds only params.yaml)."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / script), model],
+        cwd=cwd,
         env=clean_env(PYTHONPATH=str(REPO / "src")),
         capture_output=True,
         text=True,
     )
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_params_stop_a_stage_naming_key_and_value(case: str, tmp_path: Path) -> None:
+    override, key, value = BAD[case]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(deep_merge(DEFAULT, override)))
+    result = run_stage_script("tune.py", "mlp", tmp_path)
     assert result.returncode != 0
     assert key in result.stderr and value in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -60,13 +65,7 @@ def test_bad_params_stop_a_stage_naming_key_and_value(case: str, tmp_path: Path)
 
 def test_a_model_missing_from_params_is_named(tmp_path: Path) -> None:
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "stages/train.py"), "vgg"],
-        cwd=tmp_path,
-        env=clean_env(PYTHONPATH=str(REPO / "src")),
-        capture_output=True,
-        text=True,
-    )
+    result = run_stage_script("train.py", "vgg", tmp_path)
     assert result.returncode != 0 and "models.vgg" in result.stderr
 
 
