@@ -228,6 +228,12 @@ def _loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.stack([loss, accuracy])
 
 
+def class_probabilities(model: nn.Module, data: TensorData) -> np.ndarray:
+    """Softmax over the model's outputs for every row of ``data``, float64 on the host
+    (the form the metrics take: float32 rows may not sum to one within their tolerance)."""
+    return torch.softmax(predict(model, data).double(), 1).cpu().numpy()
+
+
 def evaluate_loss(model: nn.Module, data: TensorData) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over ``data``, synchronised once."""
     loss, accuracy = _loss_and_accuracy(predict(model, data), data.y).tolist()

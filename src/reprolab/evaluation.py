@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from reprolab import paths
 from reprolab.context import ModelContext
-from reprolab.engine import predict
+from reprolab.engine import class_probabilities
 from reprolab.io import write_json, write_tsv
 from reprolab.metrics import classification_metrics, confusion_counts, confusion_rows
 from reprolab.tracking import Tracker
@@ -16,7 +14,7 @@ from reprolab.training import load_model
 def evaluate_model(ctx: ModelContext, tags: dict[str, str]) -> dict:
     model, info = load_model(paths.model_dir(ctx.name), ctx.device)
     test = ctx.load("test")
-    probabilities = torch.softmax(predict(model, test).double(), 1).cpu().numpy()
+    probabilities = class_probabilities(model, test)
     y_true = test.y.cpu().numpy()
     y_pred = probabilities.argmax(1)
     classes = ctx.meta["classes"]

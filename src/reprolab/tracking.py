@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -112,8 +113,6 @@ class Tracker:
         step: int = 0,
     ) -> None:
         """One batched call: metrics at ``step`` and params."""
-        import time
-
         now = int(time.time() * 1000)
         self.client.log_batch(
             run_id,

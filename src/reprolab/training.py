@@ -13,7 +13,7 @@ from torch import nn
 
 from reprolab import paths
 from reprolab.context import ModelContext
-from reprolab.engine import fit, make_optimizer, predict
+from reprolab.engine import class_probabilities, fit, make_optimizer
 from reprolab.io import atomic_path, write_json, write_tsv
 from reprolab.metrics import classification_metrics
 from reprolab.models._base import ModelSpec, build_model
@@ -86,7 +86,7 @@ def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict:
     )
     # Wall-clock time goes to MLflow only: DVC outputs must be byte-equal across reruns.
     train_seconds = time.perf_counter() - started
-    probabilities = torch.softmax(predict(model, val).double(), 1).cpu().numpy()
+    probabilities = class_probabilities(model, val)
     val_metrics = classification_metrics(val.y.cpu().numpy(), probabilities)
     run_record = {
         "best_epoch": result.best_epoch,
