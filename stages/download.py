@@ -1,4 +1,5 @@
-"""Stage download: the dataset's original files, checksummed, under data/raw/<dataset>/."""
+"""Stage download@<kind>: the original files of ``datasets.<kind>``, checksummed, under
+data/raw/<dataset>/."""
 
 from reprolab.stage import run_stage
 
@@ -7,14 +8,12 @@ def main(params, args) -> None:
     from reprolab import paths
     from reprolab.data.fetch import fetch_dataset
 
+    dataset = getattr(params.datasets, args.kind)
     files = fetch_dataset(
-        params.dataset,
-        paths.RAW / params.dataset,
-        params.mirror,
-        options=params.imagefolder.model_dump(),
+        dataset, paths.RAW / dataset, params.mirror, options=params.imagefolder.model_dump()
     )
-    print(f"download: {params.dataset}: {len(files)} file(s) verified")
+    print(f"download@{args.kind}: {dataset}: {len(files)} file(s) verified")
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, main)
+    run_stage(__doc__, main, kind_arg=True)

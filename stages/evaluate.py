@@ -11,7 +11,8 @@ def main(params, args) -> None:
     ctx = ModelContext(params, args.model)
     tags = stage_tags(ctx.device.type, params.threads, ctx.data_md5(("test",)))
     metrics = evaluate_model(ctx, tags)
-    print(f"evaluate@{args.model}: accuracy {metrics['accuracy']} macro-F1 {metrics['macro_f1']}")
+    shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    print(f"evaluate@{args.model}: test {shown}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage split: stratified, seeded train/val/test files under data/splits/."""
+"""Stage split@<kind>: stratified (classes) or plain (regression), seeded train/val/test
+files of ``datasets.<kind>`` under data/splits/<kind>/."""
 
 from reprolab.stage import run_stage
 
@@ -9,12 +10,18 @@ def main(params, args) -> None:
     from reprolab.data.split import write_splits
 
     s = params.split
-    arrays = load_raw(params.dataset, paths.RAW / params.dataset)
+    dataset = getattr(params.datasets, args.kind)
+    arrays = load_raw(dataset, paths.RAW / dataset)
     meta = write_splits(
-        arrays, paths.SPLITS, s.val_fraction, s.test_fraction, s.seed, s.official_test
+        arrays,
+        paths.splits_dir(args.kind),
+        s.val_fraction,
+        s.test_fraction,
+        s.seed,
+        s.official_test,
     )
-    print(f"split: {meta['sizes']}")
+    print(f"split@{args.kind}: {dataset}: {meta['sizes']}")
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, main)
+    run_stage(__doc__, main, kind_arg=True)

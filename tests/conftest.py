@@ -28,9 +28,12 @@ TINY_PARAMS = {
         "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1},
     },
     "train": {"max_epochs": 3, "patience": 2},
+    "baselines": {"max_rows": 400},
 }
-# Two models are enough to see that one model's change leaves the other alone.
-TINY_MODELS = ("mlp", "lenet")
+# Two classifiers are enough to see that one model's change leaves the other alone; the
+# regressor covers the tabular data and the regression task.
+TINY_MODELS = ("mlp", "lenet", "tabular_mlp")
+GROUPS = ("classifiers", "regressors")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -82,11 +85,13 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def set_params(repo: Path, override: dict, models: tuple[str, ...] | None = None) -> None:
-    """Merge ``override`` into the repo's params.yaml; keep only ``models`` if given."""
+    """Merge ``override`` into the repo's params.yaml; keep only ``models`` if given
+    (model names of any group: classifiers, regressors)."""
     path = repo / "params.yaml"
     params = deep_merge(yaml.safe_load(path.read_text()), override)
     if models is not None:
-        params["models"] = {name: params["models"][name] for name in models}
+        for group in GROUPS:
+            params[group] = {n: s for n, s in params.get(group, {}).items() if n in models}
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

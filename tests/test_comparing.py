@@ -47,7 +47,7 @@ def test_dvc_exp_show_metrics_and_plots_give_model_columns_and_curves(
     for model in MODELS:
         assert f"metrics/{model}/train.json:val.accuracy" in header
         assert f"metrics/{model}/test.json:accuracy" in header
-        assert f"models.{model}.batch_size" in header
+        assert f"classifiers.{model}.batch_size" in header
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     assert metrics, "dvc metrics show found nothing"
     assert "Path" in run(["dvc", "metrics", "diff", "--all"], repo).stdout

@@ -1,4 +1,4 @@
-"""The DAG as DVC resolves it: only evaluate@* may read the test split."""
+"""The DAG as DVC resolves it: only the evaluate stages may read a test split."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import PurePosixPath
 import pytest
 from conftest import REPO
 
-TEST_SPLIT = PurePosixPath("data/splits/test.npz")
+TEST_SPLITS = [PurePosixPath(f"data/splits/{kind}/test.npz") for kind in ("image", "tabular")]
+# The stage names of each model group in dvc.yaml: tune@mlp, tune_regressor@tabular_mlp...
+SUFFIX = {"classifiers": "", "regressors": "_regressor"}
 
 
 @pytest.fixture(scope="module")
@@ -26,34 +28,59 @@ def stages() -> dict[str, dict[str, list[str]]]:
 
 def reads_test_split(dep: str) -> bool:
     path = PurePosixPath(dep)
-    # The file itself, or any folder that contains it (data/, data/splits/).
-    return path == TEST_SPLIT or path in TEST_SPLIT.parents
+    # The file itself, or any folder that contains it (data/, data/splits/...).
+    return any(path == split or path in split.parents for split in TEST_SPLITS)
 
 
 def test_only_evaluate_stages_read_the_test_split(stages: dict) -> None:
     readers = {name for name, s in stages.items() if any(map(reads_test_split, s["deps"]))}
-    evaluates = {name for name in stages if name.startswith("evaluate@")}
-    assert evaluates, "no evaluate stage in dvc.yaml"
+    evaluates = {name for name in stages if name.startswith("evaluate")}
+    assert {n.split("@")[0] for n in evaluates} == {
+        "evaluate",
+        "evaluate_regressor",
+        "evaluate_baselines",
+    }
     assert readers == evaluates, f"test split read by {sorted(readers - evaluates)}"
 
 
-def test_every_model_has_tune_train_evaluate(stages: dict) -> None:
+def _groups() -> dict[str, dict]:
     import yaml
 
-    models = yaml.safe_load((REPO / "params.yaml").read_text())["models"]
-    for model in models:
-        for stage in ("tune", "train", "evaluate"):
-            assert f"{stage}@{model}" in stages
-            assert f"models.{model}" in stages[f"{stage}@{model}"]["params"] or stage == "evaluate"
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    return {group: params[group] for group in SUFFIX}
+
+
+def test_every_model_has_tune_train_evaluate(stages: dict) -> None:
+    for group, models in _groups().items():
+        assert models, f"the default params.yaml has no {group}"
+        for model in models:
+            for stage in ("tune", "train", "evaluate"):
+                name = f"{stage}{SUFFIX[group]}@{model}"
+                assert name in stages
+                assert f"{group}.{model}" in stages[name]["params"] or stage == "evaluate"
 
 
 def test_model_stages_depend_on_their_own_architecture_file_only(stages: dict) -> None:
-    import yaml
+    for group, models in _groups().items():
+        for model, spec in models.items():
+            arch_files = {
+                d
+                for d in stages[f"train{SUFFIX[group]}@{model}"]["deps"]
+                if d.startswith("src/reprolab/models/")
+            }
+            expected = {"src/reprolab/models/_base.py", f"src/reprolab/models/{spec['arch']}.py"}
+            assert arch_files == expected
 
-    models = yaml.safe_load((REPO / "params.yaml").read_text())["models"]
-    for model, spec in models.items():
-        arch_files = {
-            d for d in stages[f"train@{model}"]["deps"] if d.startswith("src/reprolab/models/")
+
+def test_a_stage_touches_one_kind_of_data_only(stages: dict) -> None:
+    """So switching datasets.image never reruns a tabular stage, and the other way round."""
+    for name, s in stages.items():
+        if name == "report":
+            continue
+        kinds = {
+            kind
+            for kind in ("image", "tabular")
+            if f"datasets.{kind}" in s["params"]
+            or any(d.startswith(f"data/splits/{kind}/") for d in s["deps"])
         }
-        expected = {"src/reprolab/models/_base.py", f"src/reprolab/models/{spec['arch']}.py"}
-        assert arch_files == expected
+        assert len(kinds) <= 1, f"{name} depends on {sorted(kinds)} data"

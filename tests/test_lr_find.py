@@ -19,7 +19,8 @@ def digits_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     fetch_dataset("digits", paths.RAW / "digits")
-    write_splits(load_raw("digits", paths.RAW / "digits"), paths.SPLITS, 0.15, 0.15, seed=0)
+    raw = load_raw("digits", paths.RAW / "digits")
+    write_splits(raw, paths.splits_dir("image"), 0.15, 0.15, seed=0)
     return tmp_path
 
 

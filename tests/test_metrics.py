@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    mean_squared_error,
+    mean_squared_log_error,
+    r2_score,
+)
 
-from reprolab.metrics import classification_metrics, confusion_counts
+from reprolab.metrics import classification_metrics, confusion_counts, regression_metrics
 
 
 def test_metrics_match_scikit_learn() -> None:
@@ -29,3 +37,14 @@ def test_macro_f1_counts_an_absent_class_as_zero() -> None:
         y, probabilities.argmax(1), average="macro", labels=[0, 1, 2], zero_division=0
     )
     assert ours["macro_f1"] == round(expected, 6)
+
+
+def test_regression_metrics_match_scikit_learn() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.uniform(20, 350, 200)
+    pred = np.clip(y + rng.normal(0, 30, 200), 0, None)
+    ours = regression_metrics(y, pred)
+    assert ours["rmsle"] == round(float(np.sqrt(mean_squared_log_error(y, pred))), 6)
+    assert ours["rmse"] == round(float(np.sqrt(mean_squared_error(y, pred))), 6)
+    assert ours["r2"] == round(float(r2_score(y, pred)), 6)
+    assert ours["loss"] == ours["rmsle"]

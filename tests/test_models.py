@@ -9,6 +9,13 @@ from reprolab import registry
 from reprolab.models._base import ModelSpec, build_model
 
 ARCHS = registry.model_names()
+IMAGE_ARCHS = [a for a in ARCHS if "image" in registry.arch_inputs(a)]
+TABULAR_ARCHS = [a for a in ARCHS if "tabular" in registry.arch_inputs(a)]
+
+
+def small_shape(arch: str) -> tuple[int, ...]:
+    """A small input the arch takes: an 8x8 grey image, or 10 features."""
+    return (1, 8, 8) if arch in IMAGE_ARCHS else (10,)
 
 
 def spec(arch: str, shape: tuple[int, ...], n_out: int = 10) -> ModelSpec:
@@ -18,7 +25,7 @@ def spec(arch: str, shape: tuple[int, ...], n_out: int = 10) -> ModelSpec:
     )
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", IMAGE_ARCHS)
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
 def test_forward_shapes(arch: str, shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
@@ -26,11 +33,45 @@ def test_forward_shapes(arch: str, shape: tuple[int, ...]) -> None:
     assert model(torch.rand(2, *shape) * 16).shape == (2, 10)
 
 
+@pytest.mark.parametrize("arch", TABULAR_ARCHS)
+def test_tabular_forward_shapes_and_regression_output_scale(arch: str) -> None:
+    torch.manual_seed(0)
+    shape = (10,)
+    plain = build_model(spec(arch, shape, n_out=1)).eval()
+    assert plain(torch.rand(4, 10)).shape == (4, 1)
+    scaled = ModelSpec(arch, {}, shape, 1, [0.5] * 10, [0.25] * 10, target_scale=(5.0, 2.0))
+    model = build_model(scaled).eval()
+    model.load_state_dict(plain.state_dict() | {"2.mean": model[2].mean, "2.std": model[2].std})
+    x = torch.rand(4, 10)
+    assert torch.allclose(model(x), plain(x) * 2.0 + 5.0)  # the core learns a standardised target
+    assert ModelSpec.from_json(scaled.to_json()) == scaled
+
+
+def test_conv_archs_refuse_feature_rows() -> None:
+    from reprolab.models import tabular_mlp
+
+    assert "tabular" not in registry.arch_inputs("lenet")
+    with pytest.raises(ValueError, match="feature rows"):
+        tabular_mlp.build(tabular_mlp.Options(), (1, 8, 8), 1)
+
+
+def test_tabular_mlp_is_xavier_initialised() -> None:
+    from reprolab.models import tabular_mlp
+
+    torch.manual_seed(0)
+    net = tabular_mlp.build(tabular_mlp.Options(hidden=[400]), (300,), 1)
+    weight = net[0].weight
+    bound = (6 / (300 + 400)) ** 0.5  # Xavier uniform: U(-b, b), b = sqrt(6 / (fan_in + fan_out))
+    assert weight.abs().max() <= bound and weight.abs().max() > 0.95 * bound
+    assert torch.count_nonzero(net[0].bias) == 0
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gradcheck_in_float64(arch: str) -> None:
     torch.manual_seed(0)
-    model = build_model(spec(arch, (1, 8, 8), n_out=3)).double().eval()  # eval: dropout off
-    x = torch.rand(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    shape = small_shape(arch)
+    model = build_model(spec(arch, shape, n_out=3)).double().eval()  # eval: dropout off
+    x = torch.rand(2, *shape, dtype=torch.float64, requires_grad=True)
     # fast_mode checks a random projection of the Jacobian: one backward instead of one per
     # input element, so even ResNet18 checks in seconds.
     assert torch.autograd.gradcheck(model, (x,), eps=1e-6, atol=1e-4, fast_mode=True)
@@ -39,9 +80,9 @@ def test_gradcheck_in_float64(arch: str) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_same_seed_same_weights(arch: str) -> None:
     torch.manual_seed(3)
-    a = build_model(spec(arch, (1, 8, 8))).state_dict()
+    a = build_model(spec(arch, small_shape(arch))).state_dict()
     torch.manual_seed(3)
-    b = build_model(spec(arch, (1, 8, 8))).state_dict()
+    b = build_model(spec(arch, small_shape(arch))).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -87,7 +128,7 @@ def test_resnet18_missing_weights_file_is_named(tmp_path) -> None:
         resnet({"weights": str(tmp_path / "nope.pth")})
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", IMAGE_ARCHS)
 def test_each_arch_trains_briefly(arch: str) -> None:
     from reprolab.config import ModelSpec as Spec
     from reprolab.config import TrainParams
@@ -113,3 +154,38 @@ def test_each_arch_trains_briefly(arch: str) -> None:
     )
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("arch", TABULAR_ARCHS)
+def test_each_tabular_arch_learns_a_regression_with_rmsle(arch: str) -> None:
+    from reprolab.config import ModelSpec as Spec
+    from reprolab.config import TrainParams
+    from reprolab.data.tensors import TensorData
+    from reprolab.engine import evaluate_loss, fit, make_optimizer
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(256, 10, generator=g)
+    y = torch.expm1(3.0 + x[:, :3].sum(1))  # log1p(y) is linear in the features
+    data = TensorData(x=x, y=y)
+    log_y = torch.log1p(y)
+    model_spec = ModelSpec(
+        arch, {}, (10,), 1, [0.5] * 10, [0.29] * 10, (float(log_y.mean()), float(log_y.std()))
+    )
+    torch.manual_seed(0)
+    model = build_model(model_spec)
+    before, _ = evaluate_loss(model, data, task="regression")
+    opt = make_optimizer(model, Spec(arch=arch), lr=3e-3, weight_decay=0.0)
+    result = fit(
+        model,
+        data,
+        data,
+        optimizer=opt,
+        train_params=TrainParams(max_epochs=30, patience=30),
+        epochs=30,
+        batch_size=32,
+        seed=0,
+        task="regression",
+    )
+    after, rmsle = evaluate_loss(model, data, task="regression")
+    assert "val_rmsle" in result.history[0]
+    assert after == rmsle < 0.5 * before, (before, after)

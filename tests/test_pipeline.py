@@ -21,17 +21,33 @@ from conftest import (
 pytestmark = pytest.mark.slow
 
 MODELS = list(TINY_MODELS)
-ALL_STAGES = {"download", "split", "report"} | {
-    f"{s}@{m}" for s in ("tune", "train", "evaluate") for m in MODELS
+CLASSIFIERS = [m for m in MODELS if m != "tabular_mlp"]
+KINDS = ("image", "tabular")
+# Stage names per model: tune@mlp, ..., tune_regressor@tabular_mlp, ...
+MODEL_STAGES = {
+    m: {
+        f"{s}{'_regressor' if m == 'tabular_mlp' else ''}@{m}"
+        for s in ("tune", "train", "evaluate")
+    }
+    for m in MODELS
 }
-SHARED_BY_SOME_DATASETS = {"src/reprolab/data/sources/_torchvision.py"}
+DATA_STAGES = {
+    f"{s}@{k}" for s in ("download", "split", "baselines", "evaluate_baselines") for k in KINDS
+}
+ALL_STAGES = DATA_STAGES | {"report"} | set().union(*MODEL_STAGES.values())
+SHARED_BY_SOME_DATASETS = {
+    "src/reprolab/data/sources/_torchvision.py",
+    "src/reprolab/data/sources/_sklearn.py",
+}
 TRACKED = [
     "models/*/model.pt",
     "models/*/model.json",
     "models/*/best_params.json",
+    "models/baselines/*/*",
     "metrics/*/*.json",
+    "metrics/baselines/*/*.json",
     "plots/*/*",
-    "data/splits/*",
+    "data/splits/*/*",
     "reports/*.md",
     # Not reports/index.html: its training-time column is wall-clock, read from MLflow.
     "reports/figures/*.png",
@@ -47,6 +63,7 @@ def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> N
     repo = pipeline["repo"]
     assert set(stages_run(pipeline["first"].stdout)) == ALL_STAGES
     for model in MODELS:
+        test_plot = "predictions" if model == "tabular_mlp" else "confusion"
         for rel in (
             f"models/{model}/model.pt",
             f"models/{model}/model.json",
@@ -54,7 +71,7 @@ def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> N
             f"metrics/{model}/train.json",
             f"metrics/{model}/test.json",
             f"plots/curves/{model}.tsv",
-            f"plots/confusion/{model}.csv",
+            f"plots/{test_plot}/{model}.csv",
             f"plots/trials/{model}.tsv",
         ):
             assert (repo / rel).is_file(), rel
@@ -64,10 +81,19 @@ def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> N
             (repo / f"plots/trials/{model}.tsv").read_text().splitlines()[1:]
         )
         test = json.loads((repo / f"metrics/{model}/test.json").read_text())
-        assert 0.5 < test["accuracy"] <= 1.0, test  # 3 epochs on digits is far above chance
+        if model in CLASSIFIERS:
+            assert 0.5 < test["accuracy"] <= 1.0, test  # 3 epochs on digits: far above chance
+        else:
+            # RMSLE on diabetes (targets 25..346): predicting the train mean scores ~0.4.
+            assert 0.0 < test["rmsle"] < 1.5 and test["loss"] == test["rmsle"], test
     leaderboard = (repo / "reports/summary.md").read_text()
-    assert all(f"| {m} |" in leaderboard for m in MODELS)
+    baselines = ("logistic_regression", "rbf_svm", "ridge")
+    assert all(f"| {m} |" in leaderboard for m in (*MODELS, *baselines))
+    assert "## Classifiers on digits" in leaderboard and "## Regressors on diabetes" in leaderboard
     assert len(list((repo / "reports/figures").glob("*.png"))) == 4 * len(MODELS)
+    for kind, names in (("image", baselines[:2]), ("tabular", baselines[2:])):
+        test = json.loads((repo / f"metrics/baselines/{kind}/test.json").read_text())
+        assert set(test) == set(names), test
     # No timestamps, run ids or absolute paths in DVC-tracked outputs.
     for rel in pipeline["md5"]:
         if rel.endswith((".json", ".tsv", ".csv", ".md", ".html")):
@@ -95,7 +121,7 @@ def test_mlflow_store_holds_parents_trials_and_registered_models(pipeline: dict)
     assert experiment.artifact_location.startswith(f"file://{repo}")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("reprolab.role") == "model"]
-    assert sorted(r.data.tags["reprolab.model"] for r in parents) == sorted(MODELS)
+    assert sorted(r.data.tags["reprolab.model"] for r in parents) == sorted(CLASSIFIERS)
     for parent in parents:
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert len(children) == TINY_PARAMS["tune"]["n_trials"]
@@ -112,7 +138,7 @@ def test_mlflow_store_holds_parents_trials_and_registered_models(pipeline: dict)
     versions = client.search_model_versions("name = 'digits-mlp'")
     assert len(versions) == 1 and versions[0].tags["git_sha"]
     model = mlflow.pytorch.load_model("models:/digits-mlp/1")
-    x = np.load(repo / "data/splits/val.npz")["x"][:5].astype("float32")
+    x = np.load(repo / "data/splits/image/val.npz")["x"][:5].astype("float32")
     import torch
 
     with torch.no_grad():
@@ -126,14 +152,14 @@ def test_stage_code_deps_match_what_the_stage_imports(pipeline: dict) -> None:
     from dvc.repo import Repo
 
     repo = pipeline["repo"]
-    declared = {}
+    declared, by_cmd = {}, {}
     with Repo(str(repo)) as dvc_repo:
         for stage in dvc_repo.index.stages:
             deps = {Path(d.def_path).as_posix() for d in stage.deps}
             declared[stage.name] = {d for d in deps if d.startswith(("src/", "stages/"))}
+            by_cmd[stage.cmd.removeprefix("PYTHONPATH=src python ")] = stage.name
     for record in pipeline["imports"]:
-        script, *args = record["argv"]
-        name = Path(script).stem + (f"@{args[0]}" if args else "")
+        name = by_cmd[" ".join(record["argv"])]
         imported = {f for f in record["files"] if f.startswith(("src/", "stages/"))}
         imported = {f for f in imported if not f.endswith("__init__.py")}
         missing = imported - declared[name]
@@ -155,11 +181,10 @@ def test_changing_one_models_param_reruns_only_that_model(pipeline: dict, tmp_pa
         m: json.loads((repo / f"models/{m}/best_params.json").read_text())["study"] for m in MODELS
     }
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    set_params(
-        repo, {"models": {"mlp": {"batch_size": params["models"]["mlp"]["batch_size"] // 2}}}
-    )
+    batch = params["classifiers"]["mlp"]["batch_size"]
+    set_params(repo, {"classifiers": {"mlp": {"batch_size": batch // 2}}})
     result = run(["dvc", "repro"], repo)
-    assert set(stages_run(result.stdout)) == {"tune@mlp", "train@mlp", "evaluate@mlp", "report"}
+    assert set(stages_run(result.stdout)) == MODEL_STAGES["mlp"] | {"report"}
     # A params change starts a fresh study for that model only.
     after = {
         m: json.loads((repo / f"models/{m}/best_params.json").read_text())["study"] for m in MODELS
@@ -174,4 +199,4 @@ def test_changing_the_split_seed_reruns_everything_downstream(
     repo = copy_repo(pipeline["repo"], tmp_path / "repo")
     set_params(repo, {"split": {"seed": 123}})
     result = run(["dvc", "repro"], repo)
-    assert set(stages_run(result.stdout)) == ALL_STAGES - {"download"}
+    assert set(stages_run(result.stdout)) == ALL_STAGES - {"download@image", "download@tabular"}

@@ -23,9 +23,13 @@ def params_copy(tmp_path: Path) -> Path:
 def test_every_shipped_preset_applies_and_validates(name: str, params_copy: Path) -> None:
     merged = apply_preset(name, params_copy, REPO / "presets")
     preset = yaml.safe_load((REPO / "presets" / f"{name}.yaml").read_text())
-    assert merged["dataset"] == preset["dataset"]
-    if "models" in preset:
-        assert list(merged["models"]) == list(preset["models"])  # replaced, not merged
+    assert merged["datasets"]["image"] == preset["datasets"]["image"]
+    assert (
+        merged["datasets"]["tabular"]
+        == yaml.safe_load((REPO / "params.yaml").read_text())["datasets"]["tabular"]
+    )  # merged key by key
+    if "classifiers" in preset:
+        assert list(merged["classifiers"]) == list(preset["classifiers"])  # replaced whole
     assert merged["seed"] == yaml.safe_load((REPO / "params.yaml").read_text())["seed"]
     assert "# drives python/numpy/torch" in params_copy.read_text()  # comments kept
     load_params(params_copy)

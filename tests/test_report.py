@@ -24,6 +24,30 @@ TRIALS = "trial\tstate\tvalue\tlr\tweight_decay\tepochs\n" + "".join(
 )
 
 
+def _fake_regressor(name: str, val_rmsle: float) -> None:
+    train = {
+        "val": {"rmsle": val_rmsle, "rmse": 50.0, "r2": 0.4, "loss": val_rmsle},
+        "train": {"best_epoch": 2, "epochs_run": 3, "lr": 0.01, "weight_decay": 1e-4}
+        | {"n_parameters": 99, "device": "cpu", "threads": 2},
+    }
+    write_json(f"metrics/{name}/train.json", train)
+    write_json(f"metrics/{name}/test.json", train["val"] | {"n_test": 3})
+    write_json(f"models/{name}/model.json", {"classes": [], "weights_md5": "y"})
+    write_text(
+        f"plots/curves/{name}.tsv",
+        "epoch\ttrain_loss\tval_loss\tval_rmsle\n1\t1\t1\t1\n2\t0.5\t0.6\t0.6\n",
+    )
+    write_text(f"plots/trials/{name}.tsv", TRIALS)
+    write_text(f"plots/predictions/{name}.csv", "actual,predicted\n10,12\n20,18\n30,33\n")
+    # A ridge baseline that is better on validation than the network.
+    ridge = {"val": {"rmsle": val_rmsle / 2, "loss": val_rmsle / 2, "rmse": 1.0, "r2": 0.9}}
+    write_json("metrics/baselines/tabular/val.json", {"ridge": ridge | {"alpha": 10.0}})
+    write_json(
+        "metrics/baselines/tabular/test.json",
+        {"ridge": {"rmsle": 0.3, "rmse": 40.0, "r2": 0.5, "loss": 0.3, "n_test": 3}},
+    )
+
+
 def _fake_outputs(val_acc: dict[str, float], test_acc: dict[str, float]) -> None:
     for model in val_acc:
         train = {
@@ -48,17 +72,30 @@ def test_report_ranks_by_validation_and_is_byte_deterministic(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     params = validate_params(
-        {"models": {"mlp": {"arch": "mlp"}, "lenet": {"arch": "lenet"}}}, options_of=[]
+        {
+            "classifiers": {"mlp": {"arch": "mlp"}, "lenet": {"arch": "lenet"}},
+            "regressors": {"tabular_mlp": {"arch": "tabular_mlp"}},
+            "baselines": {"image": []},
+        },
+        options_of=[],
     )
     # lenet is better on validation, mlp on test: the ranking must follow validation.
     _fake_outputs({"mlp": 0.8, "lenet": 0.9}, {"mlp": 0.99, "lenet": 0.5})
-    rows = write_report(params)
-    assert [r["model"] for r in rows] == ["lenet", "mlp"]
+    _fake_regressor("tabular_mlp", 0.5)
+    boards = write_report(params)
+    assert [[r["model"] for r in rows] for _, rows in boards] == [
+        ["lenet", "mlp"],
+        ["ridge", "tabular_mlp"],  # lower validation RMSLE first
+    ]
     files = sorted(Path("reports").rglob("*.*"))
     first = {p: hashlib.md5(p.read_bytes()).hexdigest() for p in files}
-    assert len([p for p in files if p.suffix == ".png"]) == 8
+    # 4 figures per classifier; the regressor has predictions instead of a confusion matrix.
+    assert len([p for p in files if p.suffix == ".png"]) == 12
+    assert Path("reports/figures/predictions-tabular_mlp.png").is_file()
     write_report(params)
     assert {p: hashlib.md5(p.read_bytes()).hexdigest() for p in files} == first
     page = Path("reports/index.html").read_text()
     assert "models:/digits-lenet@champion" in page and str(tmp_path) not in page
+    # The champion of the regressors is the best network, never a baseline.
+    assert "models:/diabetes-tabular_mlp@champion" in page
     assert json.dumps(str(tmp_path)) not in Path("reports/summary.md").read_text()

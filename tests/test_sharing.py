@@ -34,7 +34,7 @@ def _write_inputs(repo: Path, folder: Path, n: int = 3) -> tuple[list[Path], Pat
     """n test images as 32x32 PNGs (8-bit, as a scanner gives them) and as one CSV."""
     from PIL import Image
 
-    with np.load(repo / "data/splits/test.npz") as data:
+    with np.load(repo / "data/splits/image/test.npz") as data:
         x, y = data["x"][:n], data["y"][:n]
     images = []
     for i in range(n):
@@ -152,7 +152,7 @@ def test_mlflow_models_serve_answers_a_rest_request(tiny_pipeline: dict) -> None
     port = free_port()
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/digits-mlp/1"]
     cmd += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-    with np.load(repo / "data/splits/val.npz") as data:
+    with np.load(repo / "data/splits/image/val.npz") as data:
         x = data["x"][:4].astype("float32")
     mlflow.set_tracking_uri(_store(repo))
     expected = mlflow.pyfunc.load_model("models:/digits-mlp/1").predict(x)

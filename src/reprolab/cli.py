@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reprolab.config import ParamsError, load_params
+from reprolab.config import GROUPS, ParamsError, load_params
 
 
 def check(args: argparse.Namespace) -> None:
     """Validate params.yaml completely (every model's arch options too)."""
     params = load_params(args.params)
-    print(f"{args.params}: valid; dataset {params.dataset}, models {', '.join(params.models)}")
+    groups = "; ".join(
+        f"{group} on {params.dataset_of(next(iter(models)))}: {', '.join(models)}"
+        for group in GROUPS
+        if (models := getattr(params, group))
+    )
+    print(f"{args.params}: valid; {groups}")
 
 
 def lr_find(args: argparse.Namespace) -> None:
@@ -32,6 +37,7 @@ def lr_find(args: argparse.Namespace) -> None:
         end_lr=args.end_lr,
         steps=args.steps,
         seed=params.seed,
+        task=ctx.task,
     )
     low, high = result.suggested
     out = Path(args.out)
@@ -57,7 +63,8 @@ def preset(args: argparse.Namespace) -> None:
     from reprolab.presets import apply_preset
 
     merged = apply_preset(args.name, Path(args.params))
-    print(f"{args.params}: preset {args.name} applied; models {', '.join(merged['models'])}")
+    models = [m for group in GROUPS for m in merged.get(group, {})]
+    print(f"{args.params}: preset {args.name} applied; models {', '.join(models)}")
 
 
 def predict(args: argparse.Namespace) -> None:

@@ -109,14 +109,23 @@ class TrainParams(_Strict):
     augment: AugmentParams = AugmentParams()
 
 
+class Budget(_Strict):
+    """Per-model overrides of the shared tuning and training budget (heavy models get less)."""
+
+    n_trials: PositiveInt | None = None  # tune.n_trials for this model
+    epochs: PositiveInt | None = None  # tune.epochs for this model
+    max_epochs: PositiveInt | None = None  # train.max_epochs for this model
+
+
 class ModelSpec(_Strict):
-    """One entry of ``models:``; ``arch`` names a module in reprolab.models."""
+    """One model entry; ``arch`` names a module in reprolab.models."""
 
     arch: str
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     batch_size: PositiveInt = 64
     options: dict[str, Any] = Field(default_factory=dict)
+    budget: Budget = Budget()
 
     @field_validator("arch")
     @classmethod
@@ -127,18 +136,63 @@ class ModelSpec(_Strict):
         return arch
 
 
+class DatasetsParams(_Strict):
+    """One dataset per kind of input: each model group reads the one of its kind."""
+
+    image: str = "digits"  # the classifiers (and generators) train on these images
+    tabular: str = "diabetes"  # the regressors train on these feature rows
+
+    @field_validator("image", "tabular")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        known = registry.dataset_names()
+        if name not in known:
+            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known)}")
+        return name
+
+    def check_kind(self, kind: str) -> None:
+        """``datasets.<kind>`` names a dataset of that kind (this imports its module)."""
+        name = getattr(self, kind)
+        actual = registry.dataset_kind(name)
+        if actual != kind:
+            of_kind = [n for n in registry.dataset_names() if registry.dataset_kind(n) == kind]
+            raise ParamsError(
+                f"datasets.{kind}: {name!r} is a(n) {actual} dataset; {kind} datasets: "
+                + ", ".join(of_kind)
+            )
+
+
+# Each group of models: the kind of dataset it reads and the task it learns.
+GROUPS: dict[str, tuple[str, str]] = {
+    "classifiers": ("image", "classification"),
+    "regressors": ("tabular", "regression"),
+}
+# The task of the scikit-learn baselines of each kind of dataset.
+BASELINE_TASK = {"image": "classification", "tabular": "regression"}
+
+
+class BaselineParams(_Strict):
+    """scikit-learn baselines per dataset kind; each becomes a leaderboard row."""
+
+    image: list[Literal["logistic_regression", "rbf_svm"]] = ["logistic_regression", "rbf_svm"]
+    tabular: list[Literal["ridge"]] = ["ridge"]
+    # Fit on at most this many (seeded, random) train rows: an RBF SVM is O(n^2) or worse.
+    max_rows: PositiveInt = 5000
+
+
 class ImageFolderParams(_Strict):
     path: str | None = None  # root/<class>/<image> (or root/train/... + root/val/...)
     image_size: PositiveInt = 32
 
 
 class ReportParams(_Strict):
+    # Ranks the classifiers (regressors rank by validation RMSLE, lower first).
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
 
 
 class Params(_Strict):
     seed: int = 0
-    dataset: str = "digits"
+    datasets: DatasetsParams = DatasetsParams()
     # A folder or URL prefix holding original dataset files, consulted before the source.
     mirror: str | None = None
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -148,33 +202,73 @@ class Params(_Strict):
     split: SplitParams = SplitParams()
     tune: TuneParams = TuneParams()
     train: TrainParams = TrainParams()
-    models: dict[str, ModelSpec]
+    classifiers: dict[str, ModelSpec]
+    regressors: dict[str, ModelSpec] = Field(default_factory=dict)
+    baselines: BaselineParams = BaselineParams()
     report: ReportParams = ReportParams()
 
-    @field_validator("dataset")
+    @field_validator("classifiers", "regressors")
     @classmethod
-    def _known_dataset(cls, dataset: str) -> str:
-        known = registry.dataset_names()
-        if dataset not in known:
-            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
-        return dataset
-
-    @field_validator("models")
-    @classmethod
-    def _some_models(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
-        if not models:
-            raise ValueError("at least one model is needed")
+    def _names(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
         for name in models:
             if not name.replace("_", "").isalnum():
                 raise ValueError(f"model name {name!r} must be letters, digits and '_'")
         return models
 
+    @model_validator(mode="after")
+    def _unique_names(self) -> Params:
+        if not self.classifiers:
+            raise ValueError("classifiers: at least one model is needed")
+        seen: dict[str, str] = {}
+        for group in GROUPS:
+            for name in getattr(self, group):
+                if name == "baselines":
+                    raise ValueError(f"{group}.baselines: the name is taken by the baselines")
+                if name in seen:
+                    raise ValueError(
+                        f"model name {name!r} is in both {seen[name]} and {group}; "
+                        "names must be unique (each has its own models/<name>/ folder)"
+                    )
+                seen[name] = group
+        return self
+
+    def all_models(self) -> dict[str, ModelSpec]:
+        """Every model of every group, by name."""
+        return {name: spec for group in GROUPS for name, spec in getattr(self, group).items()}
+
+    def group_of(self, name: str) -> str:
+        for group in GROUPS:
+            if name in getattr(self, group):
+                return group
+        have = ", ".join(self.all_models())
+        raise ParamsError(
+            f"{name}: no such model in params.yaml (groups: {', '.join(GROUPS)}); have: {have}"
+        )
+
     def model(self, name: str) -> ModelSpec:
-        if name not in self.models:
-            raise ParamsError(
-                f"models.{name}: no such model in params.yaml; have: {', '.join(self.models)}"
-            )
-        return self.models[name]
+        return getattr(self, self.group_of(name))[name]
+
+    def kind_of(self, name: str) -> str:
+        """The kind of dataset (``image``/``tabular``) model ``name`` reads."""
+        return GROUPS[self.group_of(name)][0]
+
+    def task_of(self, name: str) -> str:
+        return GROUPS[self.group_of(name)][1]
+
+    def dataset_of(self, name: str) -> str:
+        return getattr(self.datasets, self.kind_of(name))
+
+    def tune_for(self, name: str) -> TuneParams:
+        """``tune`` with the model's budget overrides applied."""
+        budget = self.model(name).budget
+        update = {k: v for k, v in (("n_trials", budget.n_trials), ("epochs", budget.epochs)) if v}
+        return self.tune.model_copy(update=update)
+
+    def train_for(self, name: str) -> TrainParams:
+        budget = self.model(name).budget
+        if budget.max_epochs is None:
+            return self.train
+        return self.train.model_copy(update={"max_epochs": budget.max_epochs})
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -192,12 +286,16 @@ def _format_error(err: ValidationError, source: str) -> str:
 
 
 def validate_params(
-    raw: dict[str, Any], source: str = "params.yaml", options_of: Iterable[str] | None = None
+    raw: dict[str, Any],
+    source: str = "params.yaml",
+    options_of: Iterable[str] | None = None,
+    kinds_of: Iterable[str] | None = None,
 ) -> Params:
     """Validate a parsed params mapping; raise ParamsError naming each bad key and value.
 
-    ``options_of`` names the models whose arch ``options`` are checked too (default: all).
-    Checking them imports the arch modules (and torch), so a stage checks only its own.
+    ``options_of`` names the models whose arch ``options`` are checked too (default: all);
+    ``kinds_of`` the dataset kinds whose dataset is checked to be of that kind (default:
+    all). Both import modules (an arch imports torch), so a stage checks only its own.
     """
     if not isinstance(raw, dict):
         raise ParamsError(
@@ -207,14 +305,26 @@ def validate_params(
         params = Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_format_error(err, source)) from None
-    for name in params.models if options_of is None else options_of:
+    for kind in ("image", "tabular") if kinds_of is None else kinds_of:
+        params.datasets.check_kind(kind)
+    for name in params.all_models() if options_of is None else options_of:
         spec = params.model(name)
-        registry.validate_model_options(spec.arch, spec.options, key=f"models.{name}.options")
+        group = params.group_of(name)
+        kind = params.kind_of(name)
+        if kind not in registry.arch_inputs(spec.arch):
+            raise ParamsError(
+                f"{source}: {group}.{name}.arch: {spec.arch!r} takes "
+                f"{' or '.join(registry.arch_inputs(spec.arch))} input, but {group} read the "
+                f"{kind} dataset (datasets.{kind}: {getattr(params.datasets, kind)!r})"
+            )
+        registry.validate_model_options(spec.arch, spec.options, key=f"{group}.{name}.options")
     return params
 
 
 def load_params(
-    path: str | os.PathLike[str] = "params.yaml", options_of: Iterable[str] | None = None
+    path: str | os.PathLike[str] = "params.yaml",
+    options_of: Iterable[str] | None = None,
+    kinds_of: Iterable[str] | None = None,
 ) -> Params:
     path = Path(path)
     if not path.is_file():
@@ -223,4 +333,4 @@ def load_params(
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return validate_params(raw or {}, source=str(path), options_of=options_of)
+    return validate_params(raw or {}, str(path), options_of=options_of, kinds_of=kinds_of)

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from reprolab import paths
-from reprolab.config import ModelSpec, Params
+from reprolab.config import ModelSpec, Params, TrainParams, TuneParams
 from reprolab.data.tensors import TensorData, load_meta, load_split
 from reprolab.engine import seed_everything, select_device
 from reprolab.io import md5_file
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models._base import build_model
+from reprolab.tasks import TASKS
 
 
 @dataclass
@@ -24,22 +25,34 @@ class ModelContext:
 
     def __post_init__(self) -> None:
         self.spec: ModelSpec = self.params.model(self.name)
+        self.group: str = self.params.group_of(self.name)
+        self.kind: str = self.params.kind_of(self.name)  # image | tabular
+        self.task: str = self.params.task_of(self.name)
+        self.dataset: str = self.params.dataset_of(self.name)
+        # The shared budgets with this model's overrides (models.<name>.budget).
+        self.tune: TuneParams = self.params.tune_for(self.name)
+        self.train: TrainParams = self.params.train_for(self.name)
         self.device: torch.device = select_device(self.params.device)
         seed_everything(self.params.seed, self.params.threads)
 
     @cached_property
     def meta(self) -> dict:
-        return load_meta(paths.SPLITS)
+        return load_meta(paths.splits_dir(self.kind))
 
     @cached_property
     def arch_spec(self) -> ArchSpec:
+        meta = self.meta
+        scale = None
+        if self.task == "regression":
+            scale = (meta["target_log1p_mean"], meta["target_log1p_std"])
         return ArchSpec(
             arch=self.spec.arch,
             options=dict(self.spec.options),
-            input_shape=tuple(self.meta["input_shape"]),
-            n_outputs=len(self.meta["classes"]),
-            mean=self.meta["mean"],
-            std=self.meta["std"],
+            input_shape=tuple(meta["input_shape"]),
+            n_outputs=TASKS[self.task].n_outputs(meta),
+            mean=meta["mean"],
+            std=meta["std"],
+            target_scale=scale,
         )
 
     def new_model(self) -> nn.Module:
@@ -48,8 +61,8 @@ class ModelContext:
         return build_model(self.arch_spec).to(self.device)
 
     def load(self, split: str) -> TensorData:
-        return load_split(paths.split_file(split), self.device)
+        return load_split(paths.split_file(self.kind, split), self.device)
 
     def data_md5(self, splits: tuple[str, ...]) -> list[tuple[str, str]]:
         """md5 of each split file read: the same hash DVC records for it in dvc.lock."""
-        return [(s, md5_file(paths.split_file(s))) for s in splits]
+        return [(s, md5_file(paths.split_file(self.kind, s))) for s in splits]

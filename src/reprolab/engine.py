@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from reprolab import registry
 from reprolab.config import ModelSpec, TrainParams
 from reprolab.data.tensors import TensorData
+from reprolab.tasks import TASKS
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -80,7 +81,8 @@ def make_optimizer(
     """SGD (momentum) or Adam over the trainable params; an arch module may define
     ``param_groups(core, options)`` to give groups their own lr scale (e.g. backbone x 0.1)."""
     module = registry.model_module(spec.arch)
-    core = model[-1] if isinstance(model, nn.Sequential) else model
+    # build_model's Sequential: Standardize, the arch's core, and (regression) an output scale.
+    core = model[1] if isinstance(model, nn.Sequential) else model
     if hasattr(module, "param_groups"):
         options = module.Options.model_validate(spec.options)
         groups = [
@@ -221,23 +223,12 @@ def predict(
     return torch.cat(outputs)
 
 
-def _loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """[mean cross-entropy, accuracy] as one device tensor (read with one sync)."""
-    loss = nn.functional.cross_entropy(logits, y)
-    accuracy = (logits.argmax(1) == y).float().mean()
-    return torch.stack([loss, accuracy])
-
-
-def class_probabilities(model: nn.Module, data: TensorData) -> np.ndarray:
-    """Softmax over the model's outputs for every row of ``data``, float64 on the host
-    (the form the metrics take: float32 rows may not sum to one within their tolerance)."""
-    return torch.softmax(predict(model, data).double(), 1).cpu().numpy()
-
-
-def evaluate_loss(model: nn.Module, data: TensorData) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over ``data``, synchronised once."""
-    loss, accuracy = _loss_and_accuracy(predict(model, data), data.y).tolist()
-    return loss, accuracy
+def evaluate_loss(
+    model: nn.Module, data: TensorData, task: str = "classification"
+) -> tuple[float, float]:
+    """(mean loss, score) of the task over ``data``, synchronised once."""
+    loss, score = TASKS[task].loss_and_score(predict(model, data), data.y).tolist()
+    return loss, score
 
 
 def fit(
@@ -250,14 +241,18 @@ def fit(
     epochs: int,
     batch_size: int,
     seed: int,
+    task: str = "classification",
     on_epoch: EpochCallback | None = None,
     desc: str = "epochs",
     progress: bool | None = None,
 ) -> FitResult:
     """Train with early stopping on validation loss; the best epoch's weights are restored.
 
+    ``task``: a key of reprolab.tasks.TASKS (its loss and validation score).
     ``progress``: show the epoch bar (None: only on a terminal).
     """
+    objective = TASKS[task]
+    score_key = f"val_{objective.score}"
     device = train.y.device
     configure_backends(device, train_params.deterministic)
     augment = train_params.augment
@@ -293,17 +288,17 @@ def fit(
             if memory_format is torch.channels_last:
                 x = x.contiguous(memory_format=memory_format)
             with _autocast(device):
-                loss = nn.functional.cross_entropy(step_model(x), y)
+                loss = objective.loss(step_model(x), y)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             schedule.after_batch()
             loss_sum.add_(loss.detach(), alpha=len(index))
         schedule.after_epoch()
-        logits = predict(model, val, memory_format=memory_format, autocast=True)
-        val_metrics = _loss_and_accuracy(logits, val.y)
+        outputs = predict(model, val, memory_format=memory_format, autocast=True)
+        val_metrics = objective.loss_and_score(outputs, val.y)
         # The epoch's only host sync: train loss and validation metrics together.
-        train_loss, val_loss, val_accuracy = torch.cat(
+        train_loss, val_loss, val_score = torch.cat(
             [(loss_sum / len(train)).view(1), val_metrics]
         ).tolist()
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
@@ -314,11 +309,11 @@ def fit(
             "epoch": epoch,
             "train_loss": train_loss,
             "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
+            score_key: val_score,
             "lr": optimizer.param_groups[0]["lr"],
         }
         result.history.append(row)
-        bar.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_accuracy:.3f}")
+        bar.set_postfix({"val_loss": f"{val_loss:.4f}", score_key: f"{val_score:.4f}"})
         if val_loss < result.best_val_loss:
             result.best_val_loss, result.best_epoch = val_loss, epoch
             best_state = _state_copy(model)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from reprolab import paths
 from reprolab.context import ModelContext
-from reprolab.engine import class_probabilities
+from reprolab.engine import predict
 from reprolab.io import write_json, write_tsv
-from reprolab.metrics import classification_metrics, confusion_counts, confusion_rows
+from reprolab.tasks import TASKS
 from reprolab.tracking import Tracker
 from reprolab.training import load_model
 
@@ -14,26 +14,17 @@ from reprolab.training import load_model
 def evaluate_model(ctx: ModelContext, tags: dict[str, str]) -> dict:
     model, info = load_model(paths.model_dir(ctx.name), ctx.device)
     test = ctx.load("test")
-    probabilities = class_probabilities(model, test)
-    y_true = test.y.cpu().numpy()
-    y_pred = probabilities.argmax(1)
-    classes = ctx.meta["classes"]
-    metrics = classification_metrics(y_true, probabilities)
-    metrics["confusion_matrix"] = confusion_counts(y_true, y_pred, len(classes)).tolist()
-    metrics["n_test"] = int(len(y_true))
+    task = TASKS[ctx.task]
+    metrics, rows = task.test_report(predict(model, test), test.y, ctx.meta)
     write_json(paths.METRICS / ctx.name / "test.json", metrics)
-    write_tsv(
-        paths.PLOTS / "confusion" / f"{ctx.name}.csv",
-        confusion_rows(y_true, y_pred, classes),
-        sep=",",
-    )
+    write_tsv(paths.PLOTS / task.test_plot / f"{ctx.name}.csv", rows, sep=",")
 
-    tracker = Tracker(ctx.params.dataset, ctx.name, info["study"])
+    tracker = Tracker(ctx.dataset, ctx.name, info["study"])
     parent = tracker.parent_run_id(tags)
     tracker.log(
         parent,
         metrics={
-            f"test_{k}": v for k, v in metrics.items() if k in ("accuracy", "macro_f1", "loss")
+            f"test_{k}": v for k, v in metrics.items() if isinstance(v, float) and k != "n_test"
         },
     )
     tracker.end(parent)

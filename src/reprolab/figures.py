@@ -38,15 +38,24 @@ def _curves(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
         loss_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
     loss_ax.set(xlabel="epoch", ylabel="loss", title=f"{model}: loss")
     loss_ax.legend()
-    if rows and "val_accuracy" in rows[0]:
-        acc_ax.plot(epochs, [float(r["val_accuracy"]) for r in rows], marker="o", color="C2")
-    acc_ax.set(xlabel="epoch", ylabel="val accuracy", title=f"{model}: validation accuracy")
+    # The task's validation score: val_accuracy (classifiers) or val_rmsle (regressors).
+    score = next(
+        (k for k in (rows[0] if rows else {}) if k.startswith("val_") and k != "val_loss"), None
+    )
+    if score is not None:
+        acc_ax.plot(epochs, [float(r[score]) for r in rows], marker="o", color="C2")
+        label = (
+            score.removeprefix("val_").upper() if "rmsle" in score else score.removeprefix("val_")
+        )
+        acc_ax.set(xlabel="epoch", ylabel=f"val {label}", title=f"{model}: validation {label}")
     return True
 
 
 def _confusion(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
-    counts = inputs["test"][model]["confusion_matrix"]
-    classes = inputs["classes"] or [str(i) for i in range(len(counts))]
+    counts = inputs["test"][model].get("confusion_matrix")
+    if counts is None:
+        return False  # not a classifier
+    classes = inputs["classes"].get(model) or [str(i) for i in range(len(counts))]
     ax = fig.subplots()
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax)
@@ -60,6 +69,22 @@ def _confusion(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
             if n:
                 color = "white" if n > top / 2 else "black"
                 ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color=color)
+    return True
+
+
+def _predictions(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
+    path = inputs["predictions"] / f"{model}.csv"
+    if not path.is_file():
+        return False  # not a regressor
+    rows = read_table(path, sep=",")
+    actual = [float(r["actual"]) for r in rows]
+    predicted = [float(r["predicted"]) for r in rows]
+    ax = fig.subplots()
+    ax.scatter(actual, predicted, s=8, alpha=0.6)
+    low, high = min(actual + predicted), max(actual + predicted)
+    ax.plot([low, high], [low, high], color="C3", linewidth=1, label="perfect")
+    ax.set(xlabel="actual", ylabel="predicted", title=f"{model}: test predictions")
+    ax.legend()
     return True
 
 
@@ -131,6 +156,7 @@ def _importances(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
 FIGURES: list[tuple[str, str, FigureFn, tuple[float, float]]] = [
     ("curves", "Learning curves", _curves, (9.0, 3.2)),
     ("confusion", "Test confusion matrix", _confusion, (4.6, 3.8)),
+    ("predictions", "Test predictions against targets", _predictions, (4.2, 3.8)),
     ("history", "Optuna optimisation history", _history, (5.0, 3.2)),
     ("importance", "Hyperparameter importances", _importances, (5.0, 2.2)),
 ]

@@ -74,8 +74,19 @@ def _cell(value: Any) -> str:
 
 
 def md5_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
+    return hash_file(path, "md5", chunk)
+
+
+def hash_file(path: str | os.PathLike[str], algorithm: str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_checksum(path: str | os.PathLike[str], expected: str) -> str:
+    """The checksum of ``path`` in the form of ``expected``: ``sha256:<hex>`` or an md5 hex."""
+    algorithm, _, _ = expected.rpartition(":")
+    digest = hash_file(path, algorithm or "md5")
+    return f"{algorithm}:{digest}" if algorithm else digest

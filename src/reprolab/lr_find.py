@@ -17,6 +17,7 @@ from torch import nn
 from reprolab.config import ModelSpec
 from reprolab.data.tensors import TensorData
 from reprolab.engine import make_optimizer
+from reprolab.tasks import TASKS
 
 
 @dataclass
@@ -40,6 +41,7 @@ def lr_range_test(
     end_lr: float = 1.0,
     steps: int = 100,
     seed: int = 0,
+    task: str = "classification",
     smoothing: float = 0.9,
     diverge_factor: float = 4.0,
 ) -> RangeTest:
@@ -59,7 +61,7 @@ def lr_range_test(
             group["lr"] = lr * scale
         start = (step * spec.batch_size) % max(1, len(train) - spec.batch_size + 1)
         x, y = train.batch(order[start : start + spec.batch_size])
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = TASKS[task].loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

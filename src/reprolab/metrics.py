@@ -1,4 +1,4 @@
-"""Classification metrics computed once, after the loop, from gathered outputs.
+"""Classification and regression metrics computed once, after the loop, from gathered outputs.
 
 Plain numpy (checked against scikit-learn in tests/test_metrics.py): importing
 sklearn.metrics costs ~1.7 s in every stage process, more than the metrics themselves.
@@ -42,3 +42,19 @@ def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -
         {"actual": classes[int(a)], "predicted": classes[int(p)]}
         for a, p in zip(y_true, y_pred, strict=True)
     ]
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """RMSLE (the loss; lower is better), RMSE and R² on the target's own scale.
+
+    ``loss`` is RMSLE too, so every task's metrics carry a ``loss``."""
+    y_true, y_pred = y_true.astype(np.float64), y_pred.astype(np.float64)
+    rmsle = float(np.sqrt(np.mean((np.log1p(y_pred) - np.log1p(y_true)) ** 2)))
+    residual = float(np.sum((y_true - y_pred) ** 2))
+    total = float(np.sum((y_true - y_true.mean()) ** 2))
+    return {
+        "rmsle": round(rmsle, 6),
+        "rmse": round(float(np.sqrt(residual / len(y_true))), 6),
+        "r2": round(1.0 - residual / total if total > 0 else 0.0, 6),
+        "loss": round(rmsle, 6),
+    }

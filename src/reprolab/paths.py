@@ -30,8 +30,13 @@ def workspace_root() -> Path:
     return here
 
 
-def split_file(name: str) -> Path:
-    return SPLITS / f"{name}.npz"
+def splits_dir(kind: str) -> Path:
+    """The splits of the dataset of one kind (``image`` or ``tabular``)."""
+    return SPLITS / kind
+
+
+def split_file(kind: str, name: str) -> Path:
+    return splits_dir(kind) / f"{name}.npz"
 
 
 def model_dir(model: str) -> Path:

@@ -30,6 +30,7 @@ class Predictor:
     input_shape: tuple[int, ...]  # one input, without the batch axis
     classes: list[str] | None = None
     input_max: float | None = None  # the raw value of a white pixel (e.g. 16 for digits)
+    task: str = "classification"  # regression: the output is log1p of the target
 
 
 def is_mlflow_uri(ref: str) -> bool:
@@ -63,7 +64,13 @@ def _load_folder(folder: Path) -> Predictor:
             return model(torch.from_numpy(x)).numpy()
 
     shape = tuple(info["input_shape"])
-    return Predictor(forward, shape, info.get("classes"), info.get("input_max"))
+    return Predictor(
+        forward,
+        shape,
+        info.get("classes"),
+        info.get("input_max"),
+        info.get("task", "classification"),
+    )
 
 
 def _load_mlflow(uri: str, flavor: str) -> Predictor:
@@ -100,7 +107,13 @@ def _load_mlflow(uri: str, flavor: str) -> Predictor:
         def forward(x: np.ndarray) -> np.ndarray:
             return np.asarray(pyfunc.predict(x))
 
-    return Predictor(forward, shape, metadata.get("classes"), metadata.get("input_max"))
+    return Predictor(
+        forward,
+        shape,
+        metadata.get("classes"),
+        metadata.get("input_max"),
+        metadata.get("task", "classification"),
+    )
 
 
 def read_image(path: Path, shape: tuple[int, ...], input_max: float | None) -> np.ndarray:
@@ -171,10 +184,17 @@ def read_inputs(files: Iterable[str], predictor: Predictor) -> list[tuple[str, n
 
 
 def predict_files(predictor: Predictor, files: Iterable[str]) -> list[dict]:
-    """One record per input: source, predicted class, its probability."""
+    """One record per input: source, predicted class and its probability (a regressor:
+    the predicted target, expm1 of its log1p output, and no probability)."""
     items = read_inputs(files, predictor)
     batch = np.stack([x for _, x in items]).astype(np.float32)
     logits = np.asarray(predictor.forward(batch), dtype=np.float64)
+    if predictor.task == "regression":
+        values = np.clip(np.expm1(logits[:, 0]), 0.0, None)
+        return [
+            {"input": source, "prediction": f"{v:.6g}", "probability": math.nan}
+            for (source, _), v in zip(items, values, strict=True)
+        ]
     logits -= logits.max(axis=1, keepdims=True)
     probabilities = np.exp(logits)
     probabilities /= probabilities.sum(axis=1, keepdims=True)

@@ -15,7 +15,7 @@ from reprolab.config import ParamsError, validate_params
 from reprolab.io import atomic_path
 
 PRESETS = Path("presets")
-REPLACED_WHOLE = {"models"}
+REPLACED_WHOLE = {"classifiers", "regressors"}
 
 
 def preset_names(folder: Path = PRESETS) -> list[str]:

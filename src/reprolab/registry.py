@@ -41,6 +41,16 @@ def dataset_module(name: str) -> ModuleType:
     return importlib.import_module(f"{DATASETS_PACKAGE}.{name}")
 
 
+def dataset_kind(name: str) -> str:
+    """``image`` or ``tabular``: the ``KIND`` a dataset module declares (default image)."""
+    return getattr(dataset_module(name), "KIND", "image")
+
+
+def arch_inputs(arch: str) -> tuple[str, ...]:
+    """The kinds of input an architecture takes (its ``INPUTS``; default: both)."""
+    return tuple(getattr(model_module(arch), "INPUTS", ("image", "tabular")))
+
+
 def validate_model_options(arch: str, options: dict[str, Any], key: str) -> Any:
     """Validate ``options`` against the arch module's ``Options`` schema."""
     from pydantic import ValidationError

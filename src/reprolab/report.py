@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 
 from reprolab import paths
 from reprolab.config import Params
@@ -18,68 +19,134 @@ from reprolab.io import atomic_dir, write_text
 from reprolab.tracking import CHAMPION, logged_metrics, registered_name
 
 FIGURES_DIR = "figures"
-TEST_KEYS = ("accuracy", "macro_f1", "loss")
+
+
+@dataclass(frozen=True)
+class Section:
+    """One leaderboard: a model group, its dataset, and how it ranks and shows metrics."""
+
+    group: str  # params.yaml group (classifiers, regressors)
+    kind: str  # image | tabular
+    dataset: str
+    rank_metric: str  # a validation metric
+    higher_is_better: bool
+    # (header, which metrics, key) cells after the rank metric
+    columns: tuple[tuple[str, str, str], ...]
+
+
+def sections(params: Params) -> list[Section]:
+    metric = params.report.metric
+    out = []
+    if params.classifiers:
+        out.append(
+            Section(
+                "classifiers",
+                "image",
+                params.datasets.image,
+                metric,
+                True,
+                (
+                    ("val loss", "val", "loss"),
+                    ("test accuracy", "test", "accuracy"),
+                    ("test macro-F1", "test", "macro_f1"),
+                    ("test loss", "test", "loss"),
+                ),
+            )
+        )
+    if params.regressors:
+        out.append(
+            Section(
+                "regressors",
+                "tabular",
+                params.datasets.tabular,
+                "rmsle",
+                False,
+                (
+                    ("test RMSLE", "test", "rmsle"),
+                    ("test RMSE", "test", "rmse"),
+                    ("test R²", "test", "r2"),
+                ),
+            )
+        )
+    return out
 
 
 def model_params(params: Params, name: str) -> str:
     """The model's settings from params.yaml, as ``key=value`` pairs."""
-    spec = params.models[name]
+    spec = params.model(name)
     pairs = {"optimizer": spec.optimizer, "batch_size": spec.batch_size, **spec.options}
     return ", ".join(f"{k}={v}" for k, v in pairs.items())
 
 
-def leaderboard_rows(params: Params) -> list[dict]:
+def _read(path) -> dict:
+    return json.loads(path.read_text())
+
+
+def leaderboard_rows(params: Params, section: Section) -> list[dict]:
     rows = []
-    for name in params.models:
-        train = json.loads((paths.METRICS / name / "train.json").read_text())
-        test = json.loads((paths.METRICS / name / "test.json").read_text())
+    for name in getattr(params, section.group):
+        train = _read(paths.METRICS / name / "train.json")
+        t = train["train"]
         rows.append(
             {
                 "model": name,
-                "arch": params.models[name].arch,
+                "arch": params.model(name).arch,
                 "val": train["val"],
-                "test": {k: test[k] for k in TEST_KEYS},
-                "train": train["train"],
+                "test": _read(paths.METRICS / name / "test.json"),
+                "lr": f"{t['lr']:.3g}",
+                "weight_decay": f"{t['weight_decay']:.3g}",
                 "params": model_params(params, name),
+                "epochs": f"{t['best_epoch']}/{t['epochs_run']}",
+                "parameters": f"{t['n_parameters']:,}",
             }
         )
-    metric = params.report.metric
+    baselines = paths.METRICS / "baselines" / section.kind
+    if (baselines / "val.json").is_file():
+        val, test = _read(baselines / "val.json"), _read(baselines / "test.json")
+        for name, chosen in val.items():
+            hyper = next(k for k in chosen if k not in ("val", "grid"))
+            rows.append(
+                {
+                    "model": name,
+                    "arch": "scikit-learn baseline",
+                    "val": chosen["val"],
+                    "test": test[name],
+                    "lr": "-",
+                    "weight_decay": "-",
+                    "params": f"{hyper}={chosen[hyper]:g}",
+                    "epochs": "-",
+                    "parameters": "-",
+                }
+            )
     # Rank on validation only: choosing by test would leak the test split into selection.
-    rows.sort(key=lambda r: (-r["val"][metric], r["val"]["loss"], r["model"]))
+    sign = -1 if section.higher_is_better else 1
+    rows.sort(key=lambda r: (sign * r["val"][section.rank_metric], r["val"]["loss"], r["model"]))
     return rows
 
 
-def _cells(params: Params, rank: int, r: dict) -> list[str]:
-    metric = params.report.metric
-    t, val, test = r["train"], r["val"], r["test"]
+def _cells(section: Section, rank: int, r: dict) -> list[str]:
     return [
         str(rank),
         r["model"],
         r["arch"],
-        f"{val[metric]:.4f}",
-        f"{val['loss']:.4f}",
-        f"{test['accuracy']:.4f}",
-        f"{test['macro_f1']:.4f}",
-        f"{test['loss']:.4f}",
-        f"{t['lr']:.3g}",
-        f"{t['weight_decay']:.3g}",
+        f"{r['val'][section.rank_metric]:.4f}",
+        *(f"{r[which][key]:.4f}" for _, which, key in section.columns),
+        r["lr"],
+        r["weight_decay"],
         r["params"],
-        f"{t['best_epoch']}/{t['epochs_run']}",
-        f"{t['n_parameters']:,}",
+        r["epochs"],
+        r["parameters"],
     ]
 
 
-def _header(params: Params) -> list[str]:
-    metric = params.report.metric
+def _header(section: Section) -> list[str]:
+    metric = "RMSLE" if section.rank_metric == "rmsle" else section.rank_metric
     return [
         "rank",
         "model",
         "arch",
         f"val {metric}",
-        "val loss",
-        "test accuracy",
-        "test macro-F1",
-        "test loss",
+        *(h for h, _, _ in section.columns),
         "lr",
         "weight decay",
         "params",
@@ -88,65 +155,90 @@ def _header(params: Params) -> list[str]:
     ]
 
 
-def _intro(params: Params, rows: list[dict]) -> tuple[str, str]:
-    champion = f"models:/{registered_name(params.dataset, rows[0]['model'])}@{CHAMPION}"
-    ranked = (
-        f"Ranked by validation {params.report.metric}; test metrics come from the single final "
-        "evaluation. Training time is wall-clock: summary.md (byte-identical across reruns) "
-        "leaves it out; index.html shows it from MLflow (metric `train_seconds`)."
-    )
-    return ranked, champion
+def _title(section: Section) -> str:
+    order = "higher is better" if section.higher_is_better else "lower is better"
+    return f"{section.group.capitalize()} on {section.dataset} (ranked by validation, {order})"
 
 
-def render_markdown(params: Params, rows: list[dict], figures: dict) -> str:
-    ranked, champion = _intro(params, rows)
-    header = _header(params)
-    lines = [
-        f"# Leaderboard: {params.dataset}",
-        "",
-        ranked,
-        "",
-        f"Champion (alias `{CHAMPION}` in the MLflow Model Registry): `{champion}`",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|"
-        + "|".join("---:" if h not in ("model", "arch", "params") else "---" for h in header)
-        + "|",
-    ]
-    lines += ["| " + " | ".join(_cells(params, i, r)) + " |" for i, r in enumerate(rows, 1)]
-    for r in rows:
-        lines += ["", f"## {r['model']}", ""]
-        lines += [f"![{title}]({FIGURES_DIR}/{name})" for title, name in figures[r["model"]]]
+def champion_uri(section: Section, rows: list[dict]) -> str | None:
+    best = next((r for r in rows if r["arch"] != "scikit-learn baseline"), None)
+    if best is None:
+        return None
+    return f"models:/{registered_name(section.dataset, best['model'])}@{CHAMPION}"
+
+
+INTRO = (
+    "Each table ranks by a validation metric; test metrics come from the single final "
+    "evaluation. scikit-learn baselines are chosen on validation too. Training time is "
+    "wall-clock: summary.md (byte-identical across reruns) leaves it out; index.html shows "
+    "it from MLflow (metric `train_seconds`)."
+)
+
+
+def render_markdown(params: Params, boards: list[tuple[Section, list[dict]]], figures: dict) -> str:
+    lines = ["# reprolab leaderboard", "", INTRO]
+    for section, rows in boards:
+        header = _header(section)
+        lines += ["", f"## {_title(section)}", ""]
+        uri = champion_uri(section, rows)
+        if uri:
+            lines += [f"Champion (alias `{CHAMPION}` in the MLflow Model Registry): `{uri}`", ""]
+        lines += [
+            "| " + " | ".join(header) + " |",
+            "|"
+            + "|".join("---" if h in ("model", "arch", "params") else "---:" for h in header)
+            + "|",
+        ]
+        lines += ["| " + " | ".join(_cells(section, i, r)) + " |" for i, r in enumerate(rows, 1)]
+    for _section, rows in boards:
+        for r in rows:
+            if r["model"] in figures:
+                lines += ["", f"### {r['model']}", ""]
+                lines += [f"![{t}]({FIGURES_DIR}/{name})" for t, name in figures[r["model"]]]
     return "\n".join(lines) + "\n"
 
 
 def _duration(seconds: float | None) -> str:
-    return "not in MLflow" if seconds is None else f"{seconds:.1f} s"
+    return "-" if seconds is None else f"{seconds:.1f} s"
 
 
 def render_html(
-    params: Params, rows: list[dict], figures: dict, train_seconds: dict[str, float | None]
+    params: Params,
+    boards: list[tuple[Section, list[dict]]],
+    figures: dict,
+    train_seconds: dict[str, float | None],
 ) -> str:
-    ranked, champion = _intro(params, rows)
     e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in [*_header(params), "training time"])
-    body = "\n".join(
-        "<tr>"
-        + "".join(
-            f"<td>{e(c)}</td>"
-            for c in [*_cells(params, i, r), _duration(train_seconds[r["model"]])]
+    tables = []
+    for section, rows in boards:
+        head = "".join(f"<th>{e(h)}</th>" for h in [*_header(section), "training time"])
+        body = "\n".join(
+            "<tr>"
+            + "".join(
+                f"<td>{e(c)}</td>"
+                for c in [*_cells(section, i, r), _duration(train_seconds.get(r["model"]))]
+            )
+            + "</tr>"
+            for i, r in enumerate(rows, 1)
         )
-        + "</tr>"
-        for i, r in enumerate(rows, 1)
-    )
-    sections = []
-    for r in rows:
+        uri = champion_uri(section, rows)
+        champion = (
+            f"<p>Champion (alias <code>{CHAMPION}</code>): <code>{e(uri)}</code></p>\n"
+            if uri
+            else ""
+        )
+        tables.append(
+            f"<h2>{e(_title(section))}</h2>\n{champion}"
+            f'<table id="leaderboard-{e(section.group)}">\n<tr>{head}</tr>\n{body}\n</table>'
+        )
+    parts = []
+    for model, items in figures.items():
         images = "\n".join(
             f'<figure><img src="{FIGURES_DIR}/{e(name)}" alt="{e(title)}">'
             f"<figcaption>{e(title)}</figcaption></figure>"
-            for title, name in figures[r["model"]]
+            for title, name in items
         )
-        sections.append(f'<h2 id="{e(r["model"])}">{e(r["model"])}</h2>\n{images}')
+        parts.append(f'<h3 id="{e(model)}">{e(model)}</h3>\n{images}')
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
@@ -154,36 +246,37 @@ def render_html(
     )
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>reprolab: {e(params.dataset)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
-        f"<h1>Leaderboard: {e(params.dataset)}</h1>\n<p>{e(ranked)}</p>\n"
-        f"<p>Champion (alias <code>{CHAMPION}</code>): <code>{e(champion)}</code></p>\n"
-        f'<table id="leaderboard">\n<tr>{head}</tr>\n{body}\n</table>\n'
-        + "\n".join(sections)
+        f"<title>reprolab leaderboard</title>\n<style>{style}</style>\n</head>\n<body>\n"
+        f"<h1>reprolab leaderboard</h1>\n<p>{e(INTRO)}</p>\n"
+        + "\n".join(tables)
+        + "\n"
+        + "\n".join(parts)
         + "\n</body>\n</html>\n"
     )
 
 
-def write_report(params: Params) -> list[dict]:
-    rows = leaderboard_rows(params)
-    models = [r["model"] for r in rows]
-    specs = {m: json.loads((paths.model_dir(m) / "model.json").read_text()) for m in models}
+def write_report(params: Params) -> list[tuple[Section, list[dict]]]:
+    boards = [(section, leaderboard_rows(params, section)) for section in sections(params)]
+    models = list(params.all_models())
+    specs = {m: _read(paths.model_dir(m) / "model.json") for m in models}
     inputs = {
         "curves": paths.PLOTS / "curves",
         "trials": paths.PLOTS / "trials",
-        "test": {m: json.loads((paths.METRICS / m / "test.json").read_text()) for m in models},
-        "classes": specs[models[0]].get("classes"),
+        "predictions": paths.PLOTS / "predictions",
+        "test": {m: _read(paths.METRICS / m / "test.json") for m in models},
+        "classes": {m: specs[m].get("classes") for m in models},
     }
     with atomic_dir(paths.REPORTS / FIGURES_DIR) as folder:
         figures = draw_figures(params, models, inputs, folder)
-    write_text(paths.REPORTS / "summary.md", render_markdown(params, rows, figures))
+    write_text(paths.REPORTS / "summary.md", render_markdown(params, boards, figures))
     train_seconds = {
-        m: logged_metrics(params.dataset, m, specs[m].get("study", "")).get("train_seconds")
+        m: logged_metrics(params.dataset_of(m), m, specs[m].get("study", "")).get("train_seconds")
         for m in models
     }
-    write_text(paths.REPORTS / "index.html", render_html(params, rows, figures, train_seconds))
-    return rows
+    write_text(paths.REPORTS / "index.html", render_html(params, boards, figures, train_seconds))
+    return boards
 
 
 def champion_weights_md5(model: str) -> str:
     """The md5 of the model.pt DVC tracks for ``model`` (recorded in its model.json)."""
-    return json.loads((paths.model_dir(model) / "model.json").read_text())["weights_md5"]
+    return _read(paths.model_dir(model) / "model.json")["weights_md5"]

@@ -34,19 +34,29 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def run_stage(
-    description: str, body: Callable[[Params, argparse.Namespace], None], model_arg: bool = False
+    description: str,
+    body: Callable[[Params, argparse.Namespace], None],
+    model_arg: bool = False,
+    kind_arg: bool = False,
 ) -> None:
     """Parse args, validate params.yaml before any work, run ``body``; exit 2 on a known error."""
     parser = argparse.ArgumentParser(description=description)
     if model_arg:
-        parser.add_argument("model", help="a key of `models:` in params.yaml")
+        parser.add_argument("model", help="a model of params.yaml (classifiers, regressors...)")
+    if kind_arg:
+        parser.add_argument("kind", choices=["image", "tabular"], help="a key of `datasets:`")
     parser.add_argument(
         "--params", default="params.yaml", help="params file (default: %(default)s)"
     )
     args = parser.parse_args()
     try:
         # A model stage checks its model's arch options too; the others need no torch.
-        params = load_params(args.params, options_of=[args.model] if model_arg else [])
+        # A data stage checks its dataset is of its kind (it imports that source anyway).
+        params = load_params(
+            args.params,
+            options_of=[args.model] if model_arg else [],
+            kinds_of=[args.kind] if kind_arg else [],
+        )
         body(params, args)
         _log_imports()
     except ParamsError as err:

@@ -13,10 +13,10 @@ from torch import nn
 
 from reprolab import paths
 from reprolab.context import ModelContext
-from reprolab.engine import class_probabilities, fit, make_optimizer
+from reprolab.engine import fit, make_optimizer, predict
 from reprolab.io import atomic_path, write_json, write_tsv
-from reprolab.metrics import classification_metrics
 from reprolab.models._base import ModelSpec, build_model
+from reprolab.tasks import TASKS
 from reprolab.tracking import Tracker, flatten, registered_name
 
 MODEL_FILE = "model.pt"
@@ -50,7 +50,7 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Mod
         if not path.is_file():
             raise CheckpointError(f"{path}: not found; run `dvc repro train@{folder.name}` first")
     info = json.loads(spec_path.read_text())
-    spec = ModelSpec.from_json({k: info[k] for k in ModelSpec.__dataclass_fields__})
+    spec = ModelSpec.from_json(info)
     model = build_model(spec)
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
@@ -78,16 +78,16 @@ def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict:
         train,
         val,
         optimizer=make_optimizer(model, ctx.spec, best["lr"], best["weight_decay"]),
-        train_params=p.train,
-        epochs=p.train.max_epochs,
+        train_params=ctx.train,
+        epochs=ctx.train.max_epochs,
         batch_size=ctx.spec.batch_size,
         seed=p.seed,
+        task=ctx.task,
         desc=f"train {ctx.name}",
     )
     # Wall-clock time goes to MLflow only: DVC outputs must be byte-equal across reruns.
     train_seconds = time.perf_counter() - started
-    probabilities = class_probabilities(model, val)
-    val_metrics = classification_metrics(val.y.cpu().numpy(), probabilities)
+    val_metrics = TASKS[ctx.task].metrics(predict(model, val), val.y)
     run_record = {
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
@@ -110,17 +110,20 @@ def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict:
 
 
 def model_metadata(meta: dict, input_max: float) -> dict:
-    """What a caller needs to feed the model raw files: class names and the pixel range
-    (an 8-bit image is rescaled to ``[0, input_max]``, e.g. 16 for digits)."""
-    return {"classes": list(meta["classes"]), "input_max": input_max}
+    """What a caller needs to feed the model raw files: the task, class names and the pixel
+    range (an 8-bit image is rescaled to ``[0, input_max]``, e.g. 16 for digits); for a
+    regressor the feature columns and the output's meaning (log1p of the target)."""
+    about = {"task": meta["task"], "classes": list(meta["classes"]), "input_max": input_max}
+    if meta["task"] == "regression":
+        about |= {"features": meta["features"], "output": f"log1p({meta['target']})"}
+    return about
 
 
 def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, weights_md5):
     import mlflow
     from mlflow.models import infer_signature
 
-    p = ctx.params
-    tracker = Tracker(p.dataset, ctx.name, best["study"])
+    tracker = Tracker(ctx.dataset, ctx.name, best["study"])
     parent = tracker.parent_run_id(tags)
     for row in history:
         tracker.log(
@@ -129,7 +132,7 @@ def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, 
             step=int(row["epoch"]),
         )
     tracker.log(parent, metrics=logged)
-    train_params = flatten("train", p.train.model_dump(mode="json"))
+    train_params = flatten("train", ctx.train.model_dump(mode="json"))
     example = val.x[:4].float().cpu().numpy()
     model_cpu = model.to("cpu").eval()
     with torch.no_grad():
@@ -140,14 +143,14 @@ def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, 
             name="model",
             signature=infer_signature(example, output),
             input_example=example,
-            registered_model_name=registered_name(p.dataset, ctx.name),
+            registered_model_name=registered_name(ctx.dataset, ctx.name),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             params={**train_params, **{k: str(v) for k, v in run_record.items()}},
             metadata=about,
         )
     version = info.registered_model_version
     if version is not None:
-        name = registered_name(p.dataset, ctx.name)
+        name = registered_name(ctx.dataset, ctx.name)
         version_tags = {
             "git_sha": tags.get("reprolab.git_sha", "unknown"),
             "data_md5": ",".join(f"{k}={v}" for k, v in tags.items() if "data_md5" in k),

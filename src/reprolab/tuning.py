@@ -67,11 +67,11 @@ def study_name(ctx: ModelContext) -> str:
     p = ctx.params
     inputs = {
         "seed": p.seed,
-        "dataset": p.dataset,
+        "dataset": ctx.dataset,
         "threads": p.threads,
         "device": ctx.device.type,
-        "tune": p.tune.model_dump(mode="json"),
-        "train": p.train.model_dump(
+        "tune": ctx.tune.model_dump(mode="json"),
+        "train": ctx.train.model_dump(
             mode="json",
             include={"patience", "scheduler", "step", "deterministic", "compile", "augment"},
         ),
@@ -80,7 +80,7 @@ def study_name(ctx: ModelContext) -> str:
         "code": code_fingerprint(),
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{p.dataset}.{ctx.name}.{digest}"
+    return f"{ctx.dataset}.{ctx.name}.{digest}"
 
 
 @dataclass
@@ -136,27 +136,27 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
     """Run (or resume) the study until ``n_trials`` trials have finished."""
-    p = ctx.params
+    p, tune = ctx.params, ctx.tune
     train, val = ctx.load("train"), ctx.load("val")
     name = study_name(ctx)
-    tracker = Tracker(p.dataset, ctx.name, name)
+    tracker = Tracker(ctx.dataset, ctx.name, name)
     parent = tracker.parent_run_id(tags)
     tracker.log(
         parent,
         params={
             **flatten("model", ctx.spec.model_dump(mode="json")),
-            **flatten("tune", p.tune.model_dump(mode="json")),
+            **flatten("tune", tune.model_dump(mode="json")),
             "seed": p.seed,
             "study": name,
         },
     )
-    study = open_study(name, p.seed, p.tune, tracker)
+    study = open_study(name, p.seed, tune, tracker)
     optuna.storages.fail_stale_trials(study)
 
     def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", p.tune.lr.low, p.tune.lr.high, log=True)
+        lr = trial.suggest_float("lr", tune.lr.low, tune.lr.high, log=True)
         weight_decay = trial.suggest_float(
-            "weight_decay", p.tune.weight_decay.low, p.tune.weight_decay.high, log=True
+            "weight_decay", tune.weight_decay.low, tune.weight_decay.high, log=True
         )
         run_id = tracker.start_child(parent, f"trial-{trial.number}", tags)
         trial.set_user_attr("mlflow_run_id", run_id)
@@ -175,10 +175,11 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
                 train,
                 val,
                 optimizer=make_optimizer(model, ctx.spec, lr, weight_decay),
-                train_params=p.train,
-                epochs=p.tune.epochs,
+                train_params=ctx.train,
+                epochs=tune.epochs,
                 batch_size=ctx.spec.batch_size,
                 seed=p.seed,
+                task=ctx.task,
                 on_epoch=report,
                 desc=f"trial {trial.number}",
             )
@@ -200,19 +201,19 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
         tracker.end(run_id, "FINISHED")
         return result.best_val_loss
 
-    remaining = p.tune.n_trials - len(finished_trials(study))
+    remaining = tune.n_trials - len(finished_trials(study))
     if remaining > 0:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(
             objective,
             n_trials=remaining,
-            callbacks=[MaxTrialsCallback(p.tune.n_trials, states=FINISHED)],
+            callbacks=[MaxTrialsCallback(tune.n_trials, states=FINISHED)],
             show_progress_bar=sys.stderr.isatty(),
         )
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise RuntimeError(
-            f"study {name}: all {p.tune.n_trials} trials were pruned; widen tune.lr or raise "
+            f"study {name}: all {tune.n_trials} trials were pruned; widen tune.lr or raise "
             "tune.pruner.n_warmup_steps"
         )
     best = study.best_trial

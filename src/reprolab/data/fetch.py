@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from reprolab import registry
-from reprolab.io import atomic_dir, md5_file
+from reprolab.io import atomic_dir, file_checksum
 from reprolab.paths import workspace_root
 
 
@@ -23,9 +23,13 @@ class DataError(RuntimeError):
     """A dataset file is missing, corrupt, or holds data the pipeline cannot use."""
 
 
+CACHE = Path.home() / ".cache" / "reprolab"
+
+
 @dataclass
 class Arrays:
-    """A dataset in memory: images as uint8 (N, C, H, W), labels as int64 (N,)."""
+    """A dataset in memory: images as uint8 (N, C, H, W) with int64 labels (N,), or
+    feature rows as float32 (N, F) with float32 regression targets (N,)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -33,6 +37,26 @@ class Arrays:
     task: str = "classification"
     # Rows of the dataset's published test split, when it has one (MNIST, CIFAR...).
     test_mask: np.ndarray | None = None
+    features: list[str] = field(default_factory=list)  # tabular: column names
+    target: str = ""  # regression: what y measures
+
+
+def download_to_cache(url: str, dataset: str, file_name: str) -> Path | None:
+    """Fetch ``url`` once into the user cache; None when offline (the caller says what to do).
+    The caller verifies the checksum, so a bad download is reported, never used."""
+    dest = CACHE / dataset / file_name
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        return None
+    partial.replace(dest)
+    return dest
 
 
 def _from_mirror(mirror: str, dataset: str, file_name: str, dest: Path, layouts: list[str]) -> bool:
@@ -73,6 +97,14 @@ def check_arrays(arrays: Arrays, dataset: str) -> None:
         n_classes = len(np.unique(arrays.y))
         if n_classes < 2:
             raise DataError(f"dataset {dataset!r} has {n_classes} class; a classifier needs 2+")
+    else:
+        if not (np.isfinite(arrays.x).all() and np.isfinite(arrays.y).all()):
+            raise DataError(f"dataset {dataset!r} holds NaN or infinite values")
+        if arrays.y.min() < 0:
+            raise DataError(
+                f"dataset {dataset!r}: target min is {arrays.y.min()}; RMSLE (the regression "
+                "loss, on log1p targets) needs targets >= 0"
+            )
 
 
 def fetch_dataset(
@@ -96,15 +128,15 @@ def fetch_dataset(
                     where = f"mirror {mirror!r} nor " if mirror else ""
                     raise DataError(
                         f"{dataset}: {file_name} is in neither {where}the source's location; "
-                        f"put the original file (md5 {expected}) in <mirror>/{dataset}/"
+                        f"put the original file (checksum {expected}) in <mirror>/{dataset}/"
                         f" and set `mirror` in params.yaml"
                     )
                 shutil.copyfile(found, dest)
-            actual = md5_file(dest)
+            actual = file_checksum(dest, expected)
             if actual != expected:
                 raise DataError(
-                    f"{dataset}: {file_name} has md5 {actual}, expected {expected}; the file is "
-                    "corrupt or truncated: delete it from the mirror and fetch it again"
+                    f"{dataset}: {file_name} has checksum {actual}, expected {expected}; the "
+                    "file is corrupt or truncated: delete it from the mirror and fetch it again"
                 )
         check_arrays(source.load(tmp), dataset)
     return dict(source.FILES)

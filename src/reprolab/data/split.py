@@ -96,5 +96,14 @@ def write_splits(
         "sizes": {name: int(len(idx)) for name, idx in indices.items()},
         "official_test": mask is not None,
     }
+    if arrays.task == "regression":
+        # The regressors learn log1p(y) (RMSLE); its train-split statistics scale their output.
+        log_y = np.log1p(arrays.y[indices["train"]].astype(np.float64))
+        meta |= {
+            "features": arrays.features,
+            "target": arrays.target,
+            "target_log1p_mean": round(float(log_y.mean()), 6),
+            "target_log1p_std": round(float(log_y.std()) or 1.0, 6),
+        }
     write_json(out_dir / "meta.json", meta)
     return meta

@@ -37,6 +37,19 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class OutputScale(nn.Module):
+    """y * std + mean: a regressor's core learns a standardised target, the model outputs
+    it on its own (log1p) scale; the train split's statistics are buffers."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild a trained model from its state_dict."""
@@ -47,20 +60,39 @@ class ModelSpec:
     n_outputs: int
     mean: list[float]
     std: list[float]
+    # Regression: (mean, std) of the train split's log1p targets, for OutputScale.
+    target_scale: tuple[float, float] | None = None
 
     def to_json(self) -> dict:
-        return asdict(self) | {"input_shape": list(self.input_shape)}
+        data = asdict(self) | {"input_shape": list(self.input_shape)}
+        if self.target_scale is None:
+            del data["target_scale"]  # classifiers' model.json stays as it was
+        else:
+            data["target_scale"] = list(self.target_scale)
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> ModelSpec:
-        return cls(**(data | {"input_shape": tuple(data["input_shape"])}))
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        scale = fields.get("target_scale")
+        return cls(
+            **fields
+            | {
+                "input_shape": tuple(data["input_shape"]),
+                "target_scale": None if scale is None else tuple(scale),
+            }
+        )
 
 
 def build_model(spec: ModelSpec) -> nn.Sequential:
+    """Standardize -> the arch's core -> (regression) OutputScale."""
     module = registry.model_module(spec.arch)
     options = module.Options.model_validate(spec.options)
     core = module.build(options, spec.input_shape, spec.n_outputs)
-    return nn.Sequential(Standardize(spec.mean, spec.std, len(spec.input_shape)), core)
+    layers = [Standardize(spec.mean, spec.std, len(spec.input_shape)), core]
+    if spec.target_scale is not None:
+        layers.append(OutputScale(*spec.target_scale))
+    return nn.Sequential(*layers)
 
 
 def flat_features(features: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -12,6 +12,8 @@ from torch import nn
 
 from reprolab.models._base import StrictOptions
 
+INPUTS = ("image",)  # convolutions over (C, H, W) images
+
 
 class Options(StrictOptions):
     width: float = Field(default=0.5, gt=0.0)

@@ -7,6 +7,8 @@ from torch import nn
 
 from reprolab.models._base import StrictOptions, flat_features
 
+INPUTS = ("image",)  # convolutions over (C, H, W) images
+
 
 class Options(StrictOptions):
     width: int = Field(default=32, ge=1)

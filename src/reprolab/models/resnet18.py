@@ -22,6 +22,8 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 from reprolab.models._base import ModelBuildError, StrictOptions
 
+INPUTS = ("image",)  # convolutions over (C, H, W) images
+
 
 class Options(StrictOptions):
     weights: str = "none"

@@ -1,0 +1,31 @@
+"""Stage baselines@<kind>: scikit-learn baselines for ``datasets.<kind>``, each with its
+regularisation chosen on the validation split (test is never read here)."""
+
+from reprolab.stage import run_stage
+
+
+def main(params, args) -> None:
+    import numpy as np
+
+    from reprolab import paths
+    from reprolab.baselines import save_baselines, select_baselines, write_selection
+    from reprolab.config import BASELINE_TASK
+
+    task = BASELINE_TASK[args.kind]
+    splits = {}
+    for name in ("train", "val"):
+        with np.load(paths.split_file(args.kind, name)) as data:
+            splits[name] = {"x": data["x"], "y": data["y"]}
+    names = getattr(params.baselines, args.kind)
+    selected, fitted = select_baselines(
+        names, splits["train"], splits["val"], task, params.seed, params.baselines.max_rows
+    )
+    folder = paths.MODELS / "baselines" / args.kind
+    save_baselines(fitted, folder)
+    write_selection(selected, folder, paths.METRICS / "baselines" / args.kind / "val.json")
+    for s in selected:
+        print(f"baselines@{args.kind}: {s.name} {s.hyperparameter}={s.value} val {s.val}")
+
+
+if __name__ == "__main__":
+    run_stage(__doc__, main, kind_arg=True)

@@ -1,0 +1,28 @@
+"""Stage evaluate_baselines@<kind>: the one test evaluation of the chosen baselines."""
+
+from reprolab.stage import run_stage
+
+
+def main(params, args) -> None:
+    import json
+
+    import numpy as np
+
+    from reprolab import paths
+    from reprolab.baselines import evaluate_baselines
+    from reprolab.config import BASELINE_TASK
+    from reprolab.io import write_json
+
+    task = BASELINE_TASK[args.kind]
+    with np.load(paths.split_file(args.kind, "test")) as data:
+        test = {"x": data["x"], "y": data["y"]}
+    meta = json.loads((paths.splits_dir(args.kind) / "meta.json").read_text())
+    results = evaluate_baselines(paths.MODELS / "baselines" / args.kind, test, task, meta)
+    write_json(paths.METRICS / "baselines" / args.kind / "test.json", results)
+    for name, metrics in results.items():
+        shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        print(f"evaluate_baselines@{args.kind}: {name} test {shown}")
+
+
+if __name__ == "__main__":
+    run_stage(__doc__, main, kind_arg=True)
