@@ -24,4 +24,4 @@ def main(params, args) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(__doc__, main, kind_arg=True)
+    run_stage(__doc__, main, kind_arg=True, check_kind=True)

@@ -11,6 +11,7 @@ format: loading checks every type against an allow-list, no arbitrary pickle cod
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ FILE = "baselines.skops"
 
 
 def make_estimator(name: str, value: float, seed: int):
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.compose import TransformedTargetRegressor
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
@@ -40,8 +42,11 @@ def make_estimator(name: str, value: float, seed: int):
     if name == "logistic_regression":
         estimator = LogisticRegression(C=value, max_iter=3000, random_state=seed)
     elif name == "rbf_svm":
-        # Platt-scaled probabilities (seeded) give the log-loss; accuracy uses them too.
-        estimator = SVC(C=value, kernel="rbf", gamma="scale", probability=True, random_state=seed)
+        # Platt-scaled probabilities (sigmoid calibration, deterministic folds) give the
+        # log-loss; accuracy is the argmax of the same probabilities.
+        estimator = CalibratedClassifierCV(
+            SVC(C=value, kernel="rbf", gamma="scale"), method="sigmoid", ensemble=False
+        )
     else:
         return TransformedTargetRegressor(
             regressor=make_pipeline(StandardScaler(), Ridge(alpha=value)),
@@ -88,6 +93,8 @@ def select_baselines(
     """Fit each estimator for every grid value on train; keep the best on val."""
     rows = _subsample(train["y"], max_rows, seed)
     x_train, y_train = _flat(train["x"][rows]), train["y"][rows]
+    if task == "regression":
+        y_train = y_train.astype(np.float64)  # log1p/expm1 round-trip exactly in float64
     x_val, y_val = _flat(val["x"]), torch.from_numpy(val["y"])
     selected, fitted = [], {}
     for name in names:
@@ -109,11 +116,42 @@ def select_baselines(
     return selected, fitted
 
 
+def _canonical_zip(data: bytes) -> bytes:
+    """skops names array members and shared references after ``id()`` and stamps the time,
+    so equal estimators give different bytes; number them in order of appearance in
+    schema.json and fix the timestamps, so reruns are byte-equal (DVC sees no change)."""
+    import re
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(data))
+    schema = source.read("schema.json").decode()
+    members = [n for n in source.namelist() if n != "schema.json"]
+    order = sorted(members, key=lambda n: (schema.find(f'"{n}"'), n))
+    names = {old: f"{i}{Path(old).suffix}" for i, old in enumerate(order)}
+    schema = re.sub(r'"([^"/]+\.npy)"', lambda m: f'"{names.get(m.group(1), m.group(1))}"', schema)
+    # "__id__" (shared-reference keys) are id() values too: number them in order.
+    ids: dict[str, int] = {}
+    schema = re.sub(
+        r'"__id__": (\d+)',
+        lambda m: f'"__id__": {ids.setdefault(m.group(1), len(ids))}',
+        schema,
+    )
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for name, payload in [("schema.json", schema.encode())] + [
+            (names[old], source.read(old)) for old in order
+        ]:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            target.writestr(info, payload)
+    return out.getvalue()
+
+
 def save_baselines(fitted: dict, folder: Path) -> str:
     """Write the fitted estimators as one skops file; return its md5."""
     import skops.io as sio
 
-    data = sio.dumps(fitted)
+    data = _canonical_zip(sio.dumps(fitted))
     with atomic_path(folder / FILE) as tmp:
         tmp.write_bytes(data)
     return hashlib.md5(data).hexdigest()

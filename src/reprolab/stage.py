@@ -38,6 +38,7 @@ def run_stage(
     body: Callable[[Params, argparse.Namespace], None],
     model_arg: bool = False,
     kind_arg: bool = False,
+    check_kind: bool = False,
 ) -> None:
     """Parse args, validate params.yaml before any work, run ``body``; exit 2 on a known error."""
     parser = argparse.ArgumentParser(description=description)
@@ -51,11 +52,11 @@ def run_stage(
     args = parser.parse_args()
     try:
         # A model stage checks its model's arch options too; the others need no torch.
-        # A data stage checks its dataset is of its kind (it imports that source anyway).
+        # download/split check their dataset is of their kind (they import its source anyway).
         params = load_params(
             args.params,
             options_of=[args.model] if model_arg else [],
-            kinds_of=[args.kind] if kind_arg else [],
+            kinds_of=[args.kind] if check_kind else [],
         )
         body(params, args)
         _log_imports()
