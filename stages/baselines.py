@@ -8,8 +8,14 @@ def main(params, args) -> None:
     import numpy as np
 
     from reprolab import paths
-    from reprolab.baselines import save_baselines, select_baselines, write_selection
+    from reprolab.baselines import (
+        log_baselines,
+        save_baselines,
+        select_baselines,
+        write_selection,
+    )
     from reprolab.config import BASELINE_TASK
+    from reprolab.tracking import stage_tags
 
     task = BASELINE_TASK[args.kind]
     splits = {}
@@ -21,8 +27,17 @@ def main(params, args) -> None:
         names, splits["train"], splits["val"], task, params.seed, params.baselines.max_rows
     )
     folder = paths.MODELS / "baselines" / args.kind
-    save_baselines(fitted, folder)
+    identity = save_baselines(fitted, folder)
     write_selection(selected, folder, paths.METRICS / "baselines" / args.kind / "val.json")
+    dataset = getattr(params.datasets, args.kind)
+    log_baselines(
+        dataset,
+        identity,
+        {s.name: {f"val_{k}": v for k, v in s.val.items()} for s in selected},
+        stage_tags("cpu", params.threads, []),
+        close=False,
+        params={s.name: {s.hyperparameter: s.value} for s in selected},
+    )
     for s in selected:
         print(f"baselines@{args.kind}: {s.name} {s.hyperparameter}={s.value} val {s.val}")
 

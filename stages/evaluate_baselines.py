@@ -9,9 +9,10 @@ def main(params, args) -> None:
     import numpy as np
 
     from reprolab import paths
-    from reprolab.baselines import evaluate_baselines
+    from reprolab.baselines import FILE, evaluate_baselines, log_baselines
     from reprolab.config import BASELINE_TASK
-    from reprolab.io import write_json
+    from reprolab.io import md5_file, write_json
+    from reprolab.tracking import stage_tags
 
     task = BASELINE_TASK[args.kind]
     with np.load(paths.split_file(args.kind, "test")) as data:
@@ -19,6 +20,14 @@ def main(params, args) -> None:
     meta = json.loads((paths.splits_dir(args.kind) / "meta.json").read_text())
     results = evaluate_baselines(paths.MODELS / "baselines" / args.kind, test, task, meta)
     write_json(paths.METRICS / "baselines" / args.kind / "test.json", results)
+    folder = paths.MODELS / "baselines" / args.kind
+    logged = {
+        name: {f"test_{k}": v for k, v in m.items() if isinstance(v, float)}
+        for name, m in results.items()
+    }
+    dataset = getattr(params.datasets, args.kind)
+    tags = stage_tags("cpu", params.threads, [])
+    log_baselines(dataset, md5_file(folder / FILE), logged, tags, close=True)
     for name, metrics in results.items():
         shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
         print(f"evaluate_baselines@{args.kind}: {name} test {shown}")

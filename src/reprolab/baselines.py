@@ -195,3 +195,37 @@ def evaluate_baselines(folder: Path, test: dict, task: str, meta: dict) -> dict[
         metrics, _ = TASKS[task].test_report(outputs, y, meta)
         results[name] = metrics
     return results
+
+
+def log_baselines(
+    dataset: str,
+    identity: str,
+    metrics: dict[str, dict[str, float]],
+    tags: dict[str, str],
+    close: bool,
+    params: dict[str, dict] | None = None,
+) -> None:
+    """One MLflow run per baseline in the dataset's experiment (role ``baseline``), found
+    again by tags: the baselines stage logs its choice and val metrics, the evaluate stage
+    the test metrics and closes it. ``identity`` (the skops file's md5) ties the two."""
+    from reprolab.tracking import TAG_MODEL, TAG_ROLE, TAG_STUDY, Tracker
+
+    for name, values in metrics.items():
+        tracker = Tracker(dataset, name, identity)
+        query = (
+            f"tags.`{TAG_ROLE}` = 'baseline' and tags.`{TAG_MODEL}` = '{name}'"
+            f" and tags.`{TAG_STUDY}` = '{identity}'"
+        )
+        runs = tracker.client.search_runs([tracker.experiment_id], query, max_results=1)
+        if runs:
+            run_id = runs[0].info.run_id
+        else:
+            run_id = tracker.client.create_run(
+                tracker.experiment_id,
+                run_name=f"baseline {name}",
+                tags={TAG_MODEL: name, TAG_STUDY: identity, TAG_ROLE: "baseline"},
+            ).info.run_id
+        tracker.set_tags(run_id, tags)
+        tracker.log(run_id, metrics=values, params=(params or {}).get(name, {}))
+        if close:
+            tracker.end(run_id)
