@@ -21,7 +21,9 @@ class TensorData:
         return len(self.y)
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[index].float(), self.y[index]
+        # index_select copies whole rows; x[index] (advanced indexing) is several times slower
+        # on CPU, most of all for uint8 rows (bench/throughput.py).
+        return self.x.index_select(0, index).float(), self.y.index_select(0, index)
 
 
 def load_split(path: Path, device: torch.device) -> TensorData:
