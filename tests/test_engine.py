@@ -211,6 +211,33 @@ def test_fit_logs_one_row_per_epoch_and_progress_can_be_forced(capsys) -> None:
     assert "epochs" in capsys.readouterr().err
 
 
+def test_conv_nets_train_channels_last_on_cpu_and_come_back_contiguous() -> None:
+    torch.manual_seed(0)
+    model = build_model(ArchSpec("lenet", {}, (1, 8, 8), 3, [0.0], [1.0]))
+    opt = make_optimizer(model, ModelSpec(arch="lenet"), lr=0.01, weight_decay=0.0)
+    conv = model[1][0][3]  # 6 -> 16 channels (a 1-channel weight is both layouts)
+    layouts = []
+    result = fit(
+        model,
+        blobs(64, 1),
+        blobs(64, 2),
+        optimizer=opt,
+        train_params=TrainParams(max_epochs=2),
+        epochs=2,
+        batch_size=16,
+        seed=0,
+        on_epoch=lambda epoch, row: layouts.append(
+            conv.weight.is_contiguous(memory_format=torch.channels_last)
+            and not conv.weight.is_contiguous()
+        ),
+    )
+    assert layouts == [True, True]
+    assert all(p.is_contiguous() for p in model.parameters())
+    # Evaluation outside fit (contiguous) agrees with the best epoch's (channels_last) loss.
+    loss, _ = evaluate_loss(model, blobs(64, 2))
+    assert loss == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fit_runs_on_cuda_with_bf16_channels_last_and_augmentation() -> None:
