@@ -16,6 +16,9 @@ engine/minimal (the goal is >= 1.0) and engine/seed, and the per-epoch cost of t
 and Optuna calls as a share of the engine's epoch time.
 
     PYTHONPATH=src python bench/throughput.py [--repeats 5] [--epochs 2] [--threads 2]
+
+On a machine shared with other jobs, wall-clock repeats swing by tens of percent;
+``--clock cpu --threads 1`` times CPU use instead, which their load barely moves.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from torch import nn
 BATCH = 128
 SEED_BATCH = 4
 LR = 1e-3
+# Wall time by default; --clock cpu swaps in the process's CPU time (set in main).
+clock = time.perf_counter
 
 
 def synthetic(n: int, shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,14 +92,14 @@ def seed_loop(arch: str, x: torch.Tensor, y: torch.Tensor) -> float:
     model = core_model(arch, tuple(x.shape[1:]))
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     criterion = nn.CrossEntropyLoss()
-    start = time.perf_counter()
+    start = clock()
     model.train()
     for inputs, labels in loader:
         optimizer.zero_grad()
         loss = criterion(model(inputs), labels)
         loss.backward()
         optimizer.step()
-    return len(y) / (time.perf_counter() - start)
+    return len(y) / (clock() - start)
 
 
 def minimal_loop(arch: str, x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
@@ -102,7 +107,7 @@ def minimal_loop(arch: str, x: torch.Tensor, y: torch.Tensor, epochs: int) -> fl
     data = (x.float() / 255 - 0.5) / 0.25
     model = core_model(arch, tuple(x.shape[1:]))
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    start = time.perf_counter()
+    start = clock()
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(y))
@@ -112,7 +117,7 @@ def minimal_loop(arch: str, x: torch.Tensor, y: torch.Tensor, epochs: int) -> fl
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return epochs * len(y) / (time.perf_counter() - start)
+    return epochs * len(y) / (clock() - start)
 
 
 class EpochLogger:
@@ -135,14 +140,14 @@ class EpochLogger:
         self.mlflow_s = self.optuna_s = 0.0
 
     def __call__(self, epoch: int, row: dict[str, float]) -> None:
-        t0 = time.perf_counter()
+        t0 = clock()
         self.tracker.log(
             self.run_id, metrics={k: v for k, v in row.items() if k != "epoch"}, step=epoch
         )
-        t1 = time.perf_counter()
+        t1 = clock()
         self.trial.report(row["val_loss"], epoch)
         self.trial.should_prune()
-        self.optuna_s += time.perf_counter() - t1
+        self.optuna_s += clock() - t1
         self.mlflow_s += t1 - t0
 
 
@@ -164,7 +169,7 @@ def engine_loop(
     # patience = epochs: the early-stopping check and checkpoint copies run every epoch,
     # but every run trains the same number of epochs.
     params = TrainParams(max_epochs=epochs, patience=epochs)
-    start = time.perf_counter()
+    start = clock()
     result = fit(
         model,
         TensorData(x, y),
@@ -178,7 +183,7 @@ def engine_loop(
         desc=f"engine {arch}",
         progress=True,
     )
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     assert len(result.history) == epochs
     return epochs * len(y) / elapsed, logger.mlflow_s / elapsed, logger.optuna_s / elapsed
 
@@ -235,7 +240,16 @@ def main() -> None:
     parser.add_argument("--seed-images", type=int, default=2048, help="images per seed-loop run")
     parser.add_argument("--models", default="lenet,mlp", help="comma-separated: lenet,mlp")
     parser.add_argument("--show-progress", action="store_true", help="let the bars through")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: time.process_time, immune to other jobs holding the cores (exact at "
+        "--threads 1; with more threads it also counts OpenMP spin-waits)",
+    )
     args = parser.parse_args()
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     torch.set_num_threads(args.threads)
     shapes = {"lenet": (3, 32, 32), "mlp": (1, 28, 28)}
@@ -244,7 +258,7 @@ def main() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
         os.environ["DVC_ROOT"] = str(store)  # MLflow artifacts under the temp folder
         print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
             f"{args.repeats} interleaved repeats, medians; batch {BATCH} (seed loop {SEED_BATCH})"
         )
         header = (
