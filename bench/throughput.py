@@ -244,8 +244,8 @@ def main() -> None:
         "--clock",
         choices=["wall", "cpu"],
         default="wall",
-        help="cpu: time.process_time, immune to other jobs holding the cores (exact at "
-        "--threads 1; with more threads it also counts OpenMP spin-waits)",
+        help="cpu: time.process_time, immune to other jobs holding the cores; use it with "
+        "--threads 1 (with more threads it counts OpenMP spin-waits, which their load inflates)",
     )
     args = parser.parse_args()
     global clock
