@@ -50,6 +50,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Heartbeats and stale-trial retry are the documented resume pattern; optuna still flags
 # them experimental, which says nothing a user of this pipeline can act on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# run_trial records heartbeats itself around ask-and-tell, which Study.optimize cannot do
+# under the claim lock.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 HEARTBEAT_S = 5
 log = logging.getLogger(__name__)
 
@@ -301,6 +304,7 @@ def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
     tracker = Tracker(ctx.dataset, ctx.name, name)
     storage = open_storage(storage_url(tune.storage), tracker)
     claim = study_lock(storage, name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     with claim():  # one parent run and one study, however many workers start at once
         parent = tracker.parent_run_id(tags)
         study = open_study(name, p.seed + index, tune, storage)
@@ -313,7 +317,6 @@ def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
             "study": name,
         },
     )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = make_objective(ctx, tracker, parent, tags)
     ran = 0
     while True:
