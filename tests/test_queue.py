@@ -42,7 +42,7 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
                 "-n",
                 f"bs{size}",
                 "-S",
-                f"models.mlp.batch_size={size}",
+                f"classifiers.mlp.batch_size={size}",
             ],
             repo,
         )

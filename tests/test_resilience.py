@@ -61,9 +61,9 @@ BAD_INPUT = {
         "device: 'cuda' requested but no CUDA GPU",
     ),
     "missing dataset path": (
-        {"dataset": "imagefolder", "imagefolder": {"path": "no/such/folder"}},
+        {"datasets": {"image": "imagefolder"}, "imagefolder": {"path": "no/such/folder"}},
         None,
-        ("download.py",),
+        ("download.py", "image"),
         "imagefolder.path: folder 'no/such/folder' does not exist",
     ),
     "corrupt checkpoint": (
@@ -112,7 +112,7 @@ def test_a_diverging_trial_is_pruned_with_its_reason_and_the_study_goes_on(
         repo,
         {
             # SGD without decay: above lr ~10 the weights blow up to inf/NaN within an epoch.
-            "models": {"mlp": {"optimizer": "sgd"}},
+            "classifiers": {"mlp": {"optimizer": "sgd"}},
             "tune": {
                 "n_trials": n_trials,
                 "lr": {"low": 1.0e-2, "high": 1.0e6},
