@@ -112,6 +112,9 @@ class TrainParams(_Strict):
     # torch.compile the model for training; opt-in (compile time is paid on every run).
     compile: bool = False
     augment: AugmentParams = AugmentParams()
+    # The command dvc.yaml runs stages/train.py with: python, or torchrun for several
+    # processes (DistributedDataParallel), e.g. "torchrun --standalone --nproc_per_node 2".
+    launcher: str = "python"
 
 
 class Budget(_Strict):
