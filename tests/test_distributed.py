@@ -49,7 +49,8 @@ def test_torchrun_two_processes_match_the_single_process_run(
         {
             "threads": 1,  # 2 ranks on 2 cores
             # No dropout: each rank would draw its own masks, another random stream.
-            "classifiers": {"mlp": {"options": {"dropout": 0.0}}},
+            # (classifiers.mlp changes, so tune@mlp reruns first: one trial is enough.)
+            "classifiers": {"mlp": {"options": {"dropout": 0.0}, "budget": {"n_trials": 1}}},
             "train": {"launcher": "torchrun --standalone --nproc_per_node 2"},
         },
     )

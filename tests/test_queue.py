@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PARAMS, copy_repo, run
+from conftest import copy_repo, run, set_params
 
 pytestmark = pytest.mark.slow
 
 BATCH_SIZES = (32, 16)
+BUDGET = {"n_trials": 2, "epochs": 1, "max_epochs": 2}
 
 
 def wait_for_queue(repo: Path, timeout: float = 600) -> str:
@@ -30,6 +31,7 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
     from mlflow.tracking import MlflowClient
 
     repo = copy_repo(tiny_pipeline["repo"], tmp_path / "repo")
+    set_params(repo, {"classifiers": {"mlp": {"budget": BUDGET}}})  # a short tune and train
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
     for size in BATCH_SIZES:
@@ -74,5 +76,5 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
         trials = client.search_runs(
             [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
         )
-        assert len(trials) == TINY_PARAMS["tune"]["n_trials"]
+        assert len(trials) == BUDGET["n_trials"]
     assert len(client.search_model_versions("name = 'digits-mlp'")) == 1 + len(BATCH_SIZES)

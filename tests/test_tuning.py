@@ -18,7 +18,7 @@ from reprolab.tuning import HEARTBEAT_S
 
 pytestmark = pytest.mark.slow
 
-N_TRIALS = 8
+N_TRIALS = 6
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -45,7 +45,7 @@ def wait_for_trials(storage: str, count: int, timeout: float = 420) -> optuna.St
 def test_sigkilled_tune_resumes_its_study_to_exactly_n_trials(tiny_repo: Path) -> None:
     """Two workers (tune.workers: 2) on the SQLite study, killed mid-study: the next repro
     finishes it with exactly n_trials, retrying the killed trials; no "database is locked"."""
-    set_params(tiny_repo, {"tune": {"n_trials": N_TRIALS, "epochs": 15, "workers": 2}})
+    set_params(tiny_repo, {"tune": {"n_trials": N_TRIALS, "epochs": 8, "workers": 2}})
     run(["dvc", "repro", "split"], tiny_repo)
     storage = f"sqlite:///{tiny_repo / '.optuna' / 'studies.db'}"
     log = tiny_repo.parent / "killed-tune.log"
@@ -120,7 +120,7 @@ def test_stage_workers_and_a_cli_worker_share_one_postgres_study(
 ) -> None:
     """tune.workers: 2 plus one `reprolab tune-worker` on the same PostgreSQL study."""
     n_trials = 6
-    set_params(tiny_repo, {"tune": {"n_trials": n_trials, "epochs": 2, "workers": 2}})
+    set_params(tiny_repo, {"tune": {"n_trials": n_trials, "epochs": 1, "workers": 2}})
     run(["dvc", "repro", "split"], tiny_repo)
     env = clean_env(REPROLAB_OPTUNA_STORAGE=postgres_url, PYTHONPATH="src")
     cli = subprocess.Popen(
