@@ -14,6 +14,7 @@ import optuna
 import pytest
 from conftest import clean_env, run, set_params
 
+from reprolab.io import file_lock
 from reprolab.tuning import HEARTBEAT_S
 
 pytestmark = pytest.mark.slow
@@ -30,10 +31,14 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def wait_for_trials(storage: str, count: int, timeout: float = 420) -> optuna.Study:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        database = storage.removeprefix("sqlite:///")
+        if not Path(database).exists():
+            time.sleep(0.2)
+            continue
+        # The lock the stage's workers take to create the tables: a reader opening the
+        # storage meanwhile would race them.
+        with file_lock(database + ".lock"):
             summaries = optuna.get_all_study_summaries(storage)
-        except Exception:  # the database is still being created
-            summaries = []
         for summary in summaries:
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             if len(finished(study)) >= count:
