@@ -46,4 +46,4 @@ dashboard: install ## open optuna-dashboard on the study storage (http://127.0.0
 	$(RUN) optuna-dashboard sqlite:///$(CURDIR)/.optuna/studies.db --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 clean-stores: ## delete the local MLflow store and Optuna studies (DVC outputs stay)
-	rm -rf mlflow.db mlartifacts .optuna
+	rm -rf mlflow.db mlflow.db.lock mlartifacts .optuna

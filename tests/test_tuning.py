@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,11 +14,12 @@ import optuna
 import pytest
 from conftest import clean_env, run, set_params
 
+from reprolab.io import file_lock
 from reprolab.tuning import HEARTBEAT_S
 
 pytestmark = pytest.mark.slow
 
-N_TRIALS = 8
+N_TRIALS = 6
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -29,10 +31,14 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def wait_for_trials(storage: str, count: int, timeout: float = 420) -> optuna.Study:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        database = storage.removeprefix("sqlite:///")
+        if not Path(database).exists():
+            time.sleep(0.2)
+            continue
+        # The lock the stage's workers take to create the tables: a reader opening the
+        # storage meanwhile would race them.
+        with file_lock(database + ".lock"):
             summaries = optuna.get_all_study_summaries(storage)
-        except Exception:  # the database is still being created
-            summaries = []
         for summary in summaries:
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             if len(finished(study)) >= count:
@@ -42,34 +48,97 @@ def wait_for_trials(storage: str, count: int, timeout: float = 420) -> optuna.St
 
 
 def test_sigkilled_tune_resumes_its_study_to_exactly_n_trials(tiny_repo: Path) -> None:
-    set_params(tiny_repo, {"tune": {"n_trials": N_TRIALS, "epochs": 15}})
+    """Two workers (tune.workers: 2) on the SQLite study, killed mid-study: the next repro
+    finishes it with exactly n_trials, retrying the killed trials; no "database is locked"."""
+    set_params(tiny_repo, {"tune": {"n_trials": N_TRIALS, "epochs": 8, "workers": 2}})
     run(["dvc", "repro", "split"], tiny_repo)
     storage = f"sqlite:///{tiny_repo / '.optuna' / 'studies.db'}"
-    proc = subprocess.Popen(
-        ["dvc", "repro", "tune@mlp"],
-        cwd=tiny_repo,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        study = wait_for_trials(storage, 2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    log = tiny_repo.parent / "killed-tune.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            ["dvc", "repro", "tune@mlp"],
+            cwd=tiny_repo,
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            study = wait_for_trials(storage, 2)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # dvc, the stage and its spawned worker
+            proc.wait()
     before = len(finished(study))
     assert before < N_TRIALS, "the kill came too late to test a resume"
     assert not (tiny_repo / "models/mlp/best_params.json").exists()
 
-    time.sleep(2 * HEARTBEAT_S + 1)  # past the heartbeat grace period: the killed trial is stale
-    run(["dvc", "repro", "tune@mlp"], tiny_repo)
+    time.sleep(2 * HEARTBEAT_S + 1)  # past the heartbeat grace period: the killed trials are stale
+    result = run(["dvc", "repro", "tune@mlp"], tiny_repo)
+    assert "database is locked" not in log.read_text() + result.stdout + result.stderr
 
-    study = optuna.load_study(study_name=study.study_name, storage=storage)
-    assert len(finished(study)) == N_TRIALS
+    study = check_exact_parallel_study(tiny_repo, storage, N_TRIALS)
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.FAIL) <= 1  # the trial running at the kill
-    assert optuna.trial.TrialState.RUNNING not in states
-    best = json.loads((tiny_repo / "models/mlp/best_params.json").read_text())
-    assert best["study"] == study.study_name  # resumed, not restarted
-    assert len(optuna.get_all_study_summaries(storage)) == 1
+    assert states.count(optuna.trial.TrialState.FAIL) <= 2  # the trials running at the kill
+    retried = [t for t in study.trials if "failed_trial" in t.system_attrs]
+    assert len(retried) == states.count(optuna.trial.TrialState.FAIL)  # each rerun, same params
+    assert len(optuna.get_all_study_summaries(storage)) == 1  # resumed, not restarted
+
+
+def study_of(repo: Path, storage: str) -> optuna.Study:
+    best = json.loads((repo / "models/mlp/best_params.json").read_text())
+    return optuna.load_study(study_name=best["study"], storage=storage)
+
+
+def check_exact_parallel_study(repo: Path, storage: str, n_trials: int) -> optuna.Study:
+    """n_trials finished, unique numbers, each with its nested MLflow run; best = study's."""
+    from mlflow.tracking import MlflowClient
+
+    study = study_of(repo, storage)
+    trials = study.get_trials()
+    assert len(finished(study)) == n_trials
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in trials]
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)), numbers
+    workers = {t.user_attrs["worker"] for t in finished(study)}
+    assert len(workers) >= 2, f"one worker ran every trial: {workers}"
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("reprolab-digits")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("reprolab.study") == study.study_name]
+    parents = [r for r in parents if r.data.tags.get("reprolab.role") == "model"]
+    assert len(parents) == 1, "parallel workers created more than one parent run"
+    children = {
+        r.info.run_id: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+    }
+    for trial in finished(study):
+        child = children[trial.user_attrs["mlflow_run_id"]]
+        assert child.data.params["trial"] == str(trial.number)
+    best = json.loads((repo / "models/mlp/best_params.json").read_text())
+    assert (best["best_trial"], best["lr"]) == (study.best_trial.number, study.best_params["lr"])
+    return study
+
+
+def test_stage_workers_and_a_cli_worker_share_one_postgres_study(
+    tiny_repo: Path, postgres_url: str
+) -> None:
+    """tune.workers: 2 plus one `reprolab tune-worker` on the same PostgreSQL study."""
+    n_trials = 6
+    set_params(tiny_repo, {"tune": {"n_trials": n_trials, "epochs": 1, "workers": 2}})
+    run(["dvc", "repro", "split"], tiny_repo)
+    env = clean_env(REPROLAB_OPTUNA_STORAGE=postgres_url, PYTHONPATH="src")
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "reprolab.cli", "tune-worker", "mlp", "--index", "7"],
+        cwd=tiny_repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stage = run(["dvc", "repro", "tune@mlp"], tiny_repo, REPROLAB_OPTUNA_STORAGE=postgres_url)
+    out, err = cli.communicate(timeout=600)
+    assert cli.returncode == 0, err[-3000:]
+    study = check_exact_parallel_study(tiny_repo, postgres_url, n_trials)
+    assert f"study {study.study_name}" in out  # the CLI worker joined the stage's study
+    assert "database is locked" not in stage.stderr + err

@@ -77,6 +77,27 @@ def predict(args: argparse.Namespace) -> None:
         print(f"{record['input']}\t{record['prediction']}\t{record['probability']:.4f}")
 
 
+def tune_worker(args: argparse.Namespace) -> None:
+    """Run trials of a model's Optuna study until tune.n_trials have finished (run it in
+    more processes or on more machines sharing the study storage)."""
+    import os
+
+    from reprolab.context import ModelContext
+    from reprolab.tracking import stage_tags
+    from reprolab.tuning import run_worker, storage_url, study_name
+
+    params = load_params(args.params, options_of=[args.model])
+    ctx = ModelContext(params, args.model)
+    tags = stage_tags(ctx.device.type, params.threads, ctx.data_md5(("train", "val")))
+    # The sampler seed is seed + index: distinct per process unless given.
+    index = os.getpid() if args.index is None else args.index
+    name = study_name(ctx)
+    url = storage_url(ctx.tune.storage)
+    print(f"tune-worker {args.model}: study {name} in {url.split('@')[-1]}", flush=True)
+    ran = run_worker(ctx, tags, index)
+    print(f"tune-worker {args.model}: ran {ran} trial(s); the study has its {ctx.tune.n_trials}")
+
+
 def main(argv: list[str] | None = None) -> None:
     from reprolab.prediction import PredictError
 
@@ -97,6 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("name", help="a file presets/<name>.yaml")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=preset)
+    p = sub.add_parser("tune-worker", help=tune_worker.__doc__, description=tune_worker.__doc__)
+    p.add_argument("model", help="a key of `models:` in params.yaml")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--index", type=int, help="offset of the sampler seed (default: the process id)")
+    p.set_defaults(func=tune_worker)
     p = sub.add_parser("predict", help=predict.__doc__, description=predict.__doc__)
     p.add_argument(
         "--model",
@@ -117,6 +143,12 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except (ParamsError, PredictError, ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
+    except Exception as err:
+        from reprolab.stage import expected_errors
+
+        if isinstance(err, expected_errors()):
+            sys.exit(f"error: {err}")
+        raise
 
 
 if __name__ == "__main__":

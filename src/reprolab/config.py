@@ -77,6 +77,11 @@ class TuneParams(_Strict):
     weight_decay: LogRange = LogRange(low=1e-6, high=1e-2)
     sampler_startup_trials: Annotated[int, Field(ge=0)] = 5
     pruner: PrunerParams = PrunerParams()
+    # Processes the tune stage runs the study with (`reprolab tune-worker` adds others).
+    workers: PositiveInt = 1
+    # Optuna RDB URL (e.g. postgresql://host/db); REPROLAB_OPTUNA_STORAGE overrides it.
+    # None: SQLite under the workspace root.
+    storage: str | None = None
 
 
 class StepSchedule(_Strict):
@@ -107,6 +112,9 @@ class TrainParams(_Strict):
     # torch.compile the model for training; opt-in (compile time is paid on every run).
     compile: bool = False
     augment: AugmentParams = AugmentParams()
+    # The command dvc.yaml runs stages/train.py with: python, or torchrun for several
+    # processes (DistributedDataParallel), e.g. "torchrun --standalone --nproc_per_node 2".
+    launcher: str = "python"
 
 
 class Budget(_Strict):

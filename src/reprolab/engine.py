@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reprolab import registry
+from reprolab import distributed, registry
 from reprolab.config import ModelSpec, TrainParams
 from reprolab.data.tensors import TensorData
 from reprolab.tasks import TASKS
@@ -262,7 +262,9 @@ def fit(
     augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
     memory_format = _memory_format(model, train.x)
     model.to(memory_format=memory_format)
-    step_model = torch.compile(model) if train_params.compile else model
+    # Under torchrun: DDP over the ranks, each taking its shard of every batch.
+    step_model = distributed.wrap(model)
+    step_model = torch.compile(step_model) if train_params.compile else step_model
     steps = math.ceil(len(train) / batch_size)
     schedule = _Schedule(optimizer, train_params, steps, epochs)
     result = FitResult()
@@ -272,7 +274,7 @@ def fit(
         range(1, epochs + 1),
         desc=desc,
         leave=False,
-        disable=None if progress is None else not progress,
+        disable=not distributed.is_main() or (None if progress is None else not progress),
     )
     for epoch in bar:
         model.train()
@@ -282,7 +284,8 @@ def fit(
         else:
             order = order.to(device)
         loss_sum = torch.zeros((), device=device)
-        for index in order.split(batch_size):
+        for batch in order.split(batch_size):
+            index, weight = distributed.shard(batch)
             x, y = train.batch(index)
             if augment.enabled:
                 x = augment_images(x, augment.crop_padding, augment.flip, augment_generator)
@@ -290,12 +293,13 @@ def fit(
                 x = x.contiguous(memory_format=memory_format)
             with _autocast(device):
                 loss = objective.loss(step_model(x), y)
-            loss.backward()
+            (loss * weight if weight != 1.0 else loss).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             schedule.after_batch()
-            loss_sum.add_(loss.detach(), alpha=len(index))
+            loss_sum.add_(loss.detach(), alpha=len(index) if weight else 0)
         schedule.after_epoch()
+        distributed.sum_over_ranks(loss_sum)  # every rank's shards: the epoch's train loss
         outputs = predict(model, val, memory_format=memory_format, autocast=True)
         val_metrics = objective.loss_and_score(outputs, val.y)
         # The epoch's only host sync: train loss and validation metrics together.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -90,3 +91,17 @@ def file_checksum(path: str | os.PathLike[str], expected: str) -> str:
     algorithm, _, _ = expected.rpartition(":")
     digest = hash_file(path, algorithm or "md5")
     return f"{algorithm}:{digest}" if algorithm else digest
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive lock between the processes of this machine (flock on ``path``); the
+    kernel releases it when a holder dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

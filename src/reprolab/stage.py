@@ -16,7 +16,7 @@ class StageError(RuntimeError):
     """A stage cannot proceed; the message says why and what to do."""
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
+def expected_errors() -> tuple[type[BaseException], ...]:
     from reprolab.data.fetch import DataError
     from reprolab.engine import DeviceError
     from reprolab.models._base import ModelBuildError
@@ -63,7 +63,7 @@ def run_stage(
     except ParamsError as err:
         sys.exit(f"error: {err}")
     except Exception as err:
-        if isinstance(err, _expected_errors()):
+        if isinstance(err, expected_errors()):
             sys.exit(f"error: {err}")
         raise
 

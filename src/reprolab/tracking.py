@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from reprolab.io import file_lock
 from reprolab.paths import workspace_root
 
 TAG_MODEL = "reprolab.model"
@@ -29,6 +30,13 @@ TAG_ROLE = "reprolab.role"
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else an absolute SQLite store in the workspace root."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root() / 'mlflow.db'}"
+
+
+def _store_lock() -> contextlib.AbstractContextManager:
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return file_lock(uri.removeprefix("sqlite:///") + ".lock")
+    return contextlib.nullcontext()
 
 
 def git_sha() -> str:
@@ -50,9 +58,12 @@ class Tracker:
 
     def __init__(self, dataset: str, model: str, study: str) -> None:
         mlflow.set_tracking_uri(tracking_uri())
-        self.client = MlflowClient()
         self.dataset, self.model, self.study = dataset, model, study
-        self.experiment_id = self._experiment(f"reprolab-{dataset}")
+        # Processes that open a new SQLite store together race to create its tables
+        # ("table ... already exists"): parallel tune workers, queued experiments.
+        with _store_lock():
+            self.client = MlflowClient()
+            self.experiment_id = self._experiment(f"reprolab-{dataset}")
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)

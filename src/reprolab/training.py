@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reprolab import paths
+from reprolab import distributed, paths
 from reprolab.context import ModelContext
 from reprolab.engine import fit, make_optimizer, predict
 from reprolab.io import atomic_path, write_json, write_tsv
@@ -67,8 +67,9 @@ def params_hash(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict:
-    """Train on train with early stopping on val; write model, curves and val metrics."""
+def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict | None:
+    """Train on train with early stopping on val; write model, curves and val metrics.
+    Under torchrun every rank trains; rank 0 writes and returns the metrics, others None."""
     p = ctx.params
     train, val = ctx.load("train"), ctx.load("val")
     model = ctx.new_model()
@@ -87,6 +88,8 @@ def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict:
     )
     # Wall-clock time goes to MLflow only: DVC outputs must be byte-equal across reruns.
     train_seconds = time.perf_counter() - started
+    if not distributed.is_main():
+        return None  # under torchrun, rank 0 alone evaluates, writes and logs
     val_metrics = TASKS[ctx.task].metrics(predict(model, val), val.y)
     run_record = {
         "best_epoch": result.best_epoch,

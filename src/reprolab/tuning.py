@@ -1,32 +1,48 @@
 """Optuna tuning of learning rate and weight decay on the validation split.
 
 - Storage: an SQLite file under the workspace root (outside DVC outputs), or any RDB URL
-  from ``REPROLAB_OPTUNA_STORAGE``.
+  from ``REPROLAB_OPTUNA_STORAGE`` or ``tune.storage`` (PostgreSQL for workers on several
+  machines).
 - Study name: dataset, model and a fingerprint of everything the objective depends on
-  (params it reads, split checksums, the code loaded). A killed run resumes its study; a
-  change of code, data or params starts a fresh one.
-- Budget: finished trials (complete or pruned) count toward ``n_trials`` across resumes
-  (MaxTrialsCallback); a trial whose process died is failed by the heartbeat check and
-  retried with the same params (RetryFailedTrialCallback).
+  (params it reads, split checksums, the package's code). A killed run resumes its study; a
+  change of code, data or params starts a fresh one. Every worker of one checkout computes
+  the same name, whatever its entry point.
+- Workers: the ``tune`` stage runs ``tune.workers`` of them (itself and spawned processes);
+  ``reprolab tune-worker <model>`` adds more, on this machine or others sharing the storage.
+- Budget: finished trials (complete or pruned) count toward ``n_trials`` across resumes and
+  workers. A worker asks for a trial only under the study's lock (a PostgreSQL advisory lock,
+  else a file lock beside the storage) and only while running + finished trials are fewer
+  than ``n_trials``, so parallel workers never overshoot (MaxTrialsCallback, checked after
+  each worker's own trial, does). A trial whose worker died is failed by the heartbeat check
+  and retried with the same params (RetryHeartbeatStaleTrialCallback); workers wait for
+  running trials instead of leaving, so the budget is never left short either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import multiprocessing
 import os
-import sys
+import socket
+import threading
+import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from reprolab.config import Params
 from reprolab.context import ModelContext
 from reprolab.engine import DivergedError, fit, make_optimizer
+from reprolab.io import file_lock
 from reprolab.paths import workspace_root
 from reprolab.tracking import Tracker, flatten
 
@@ -34,31 +50,31 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Heartbeats and stale-trial retry are the documented resume pattern; optuna still flags
 # them experimental, which says nothing a user of this pipeline can act on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# run_trial records heartbeats itself around ask-and-tell, which Study.optimize cannot do
+# under the claim lock.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 HEARTBEAT_S = 5
+log = logging.getLogger(__name__)
 
 
-def storage_url() -> str:
-    if os.environ.get("REPROLAB_OPTUNA_STORAGE"):
-        return os.environ["REPROLAB_OPTUNA_STORAGE"]
+def storage_url(configured: str | None = None) -> str:
+    """REPROLAB_OPTUNA_STORAGE, else ``tune.storage``, else SQLite under the workspace root."""
+    url = os.environ.get("REPROLAB_OPTUNA_STORAGE") or configured
+    if url:
+        return url
     folder = workspace_root() / ".optuna"
     folder.mkdir(exist_ok=True)
     return f"sqlite:///{folder / 'studies.db'}"
 
 
 def code_fingerprint() -> str:
-    """Hash of every reprolab module loaded in this process, plus the running script."""
+    """Hash of every module of the reprolab package: the same for the stage and for any
+    worker of the same checkout (a fingerprint of the modules loaded would differ between
+    entry points, and a worker would open another study)."""
     package = Path(__file__).parent
-    files = {
-        Path(m.__file__).resolve()
-        for m in list(sys.modules.values())
-        if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(package)
-    }
-    main = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main:
-        files.add(Path(main).resolve())
     digest = hashlib.sha256()
-    for path in sorted(files, key=lambda p: p.name + str(p)):
-        digest.update(path.name.encode())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -70,7 +86,8 @@ def study_name(ctx: ModelContext) -> str:
         "dataset": ctx.dataset,
         "threads": p.threads,
         "device": ctx.device.type,
-        "tune": ctx.tune.model_dump(mode="json"),
+        # How many workers run it and where it is stored do not change what it finds.
+        "tune": ctx.tune.model_dump(mode="json", exclude={"workers", "storage"}),
         "train": ctx.train.model_dump(
             mode="json",
             include={"patience", "scheduler", "step", "deterministic", "compile", "augment"},
@@ -104,17 +121,38 @@ class _FailAndRetry(RetryHeartbeatStaleTrialCallback):
         super().__call__(study, trial)
 
 
-def open_study(name: str, seed: int, tune_params, tracker: Tracker) -> optuna.Study:
-    url = storage_url()
+def open_storage(url: str, tracker: Tracker) -> RDBStorage:
     # SQLite: wait for the writer lock instead of failing with "database is locked".
     sqlite_wait = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    storage = RDBStorage(
-        url,
-        engine_kwargs=sqlite_wait,
-        heartbeat_interval=HEARTBEAT_S,
-        grace_period=2 * HEARTBEAT_S,
-        heartbeat_stale_trial_callback=_FailAndRetry(tracker),
-    )
+    with _schema_lock(url):
+        return RDBStorage(
+            url,
+            engine_kwargs=sqlite_wait,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=2 * HEARTBEAT_S,
+            heartbeat_stale_trial_callback=_FailAndRetry(tracker),
+        )
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Workers that open a new storage together would race to create its tables."""
+    if url.startswith("sqlite:///"):
+        with file_lock(url.removeprefix("sqlite:///") + ".lock"):
+            yield
+    elif url.startswith("postgresql"):
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.begin() as connection:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0})
+                yield
+        finally:
+            engine.dispose()
+    else:
+        yield
+
+
+def open_study(name: str, seed: int, tune_params, storage: RDBStorage) -> optuna.Study:
     return optuna.create_study(
         study_name=name,
         storage=storage,
@@ -130,28 +168,63 @@ def open_study(name: str, seed: int, tune_params, tracker: Tracker) -> optuna.St
     )
 
 
+def study_lock(storage: RDBStorage, name: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A lock that every worker of study ``name`` takes to claim a trial.
+
+    PostgreSQL: a transaction-level advisory lock (machines share it; a dead worker's
+    connection releases it). Other storages: an exclusive file lock beside an SQLite file,
+    or under the workspace's ``.optuna/`` (processes of this machine only).
+    """
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    engine = storage.engine
+    if engine.dialect.name == "postgresql":
+
+        @contextlib.contextmanager
+        def advisory() -> Iterator[None]:
+            with engine.begin() as connection:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+                yield
+
+        return advisory
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        path = Path(f"{database}.{name}.lock")
+    else:
+        path = workspace_root() / ".optuna" / f"{name}.lock"
+    return lambda: file_lock(path)
+
+
+@contextlib.contextmanager
+def heartbeat(storage: RDBStorage, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every HEARTBEAT_S while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED)
 
 
-def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
-    """Run (or resume) the study until ``n_trials`` trials have finished."""
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def make_objective(
+    ctx: ModelContext, tracker: Tracker, parent: str, tags: dict[str, str]
+) -> Callable[[optuna.Trial], float]:
     p, tune = ctx.params, ctx.tune
     train, val = ctx.load("train"), ctx.load("val")
-    name = study_name(ctx)
-    tracker = Tracker(ctx.dataset, ctx.name, name)
-    parent = tracker.parent_run_id(tags)
-    tracker.log(
-        parent,
-        params={
-            **flatten("model", ctx.spec.model_dump(mode="json")),
-            **flatten("tune", tune.model_dump(mode="json")),
-            "seed": p.seed,
-            "study": name,
-        },
-    )
-    study = open_study(name, p.seed, tune, tracker)
-    optuna.storages.fail_stale_trials(study)
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", tune.lr.low, tune.lr.high, log=True)
@@ -160,6 +233,7 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
         )
         run_id = tracker.start_child(parent, f"trial-{trial.number}", tags)
         trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("worker", worker_id())
         tracker.log(run_id, params={"lr": lr, "weight_decay": weight_decay, "trial": trial.number})
         model = ctx.new_model()
 
@@ -183,16 +257,13 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
                 on_epoch=report,
                 desc=f"trial {trial.number}",
             )
-        except optuna.TrialPruned as pruned:
-            trial.set_user_attr("pruned_reason", str(pruned))
-            tracker.client.set_tag(run_id, "reprolab.pruned_reason", str(pruned))
+        except (optuna.TrialPruned, DivergedError) as stopped:
+            reason = str(stopped)
+            trial.set_user_attr("pruned_reason", reason)
+            tracker.client.set_tag(run_id, "reprolab.pruned_reason", reason)
             tracker.end(run_id, "KILLED")
-            raise
-        except DivergedError as diverged:
-            trial.set_user_attr("pruned_reason", str(diverged))
-            tracker.client.set_tag(run_id, "reprolab.pruned_reason", str(diverged))
-            tracker.end(run_id, "KILLED")
-            raise optuna.TrialPruned(str(diverged)) from None
+            log.warning("%s trial %d pruned: %s", ctx.name, trial.number, reason)
+            raise optuna.TrialPruned(reason) from None
         except BaseException:
             tracker.end(run_id, "FAILED")
             raise
@@ -201,15 +272,105 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
         tracker.end(run_id, "FINISHED")
         return result.best_val_loss
 
-    remaining = tune.n_trials - len(finished_trials(study))
-    if remaining > 0:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            callbacks=[MaxTrialsCallback(tune.n_trials, states=FINISHED)],
-            show_progress_bar=sys.stderr.isatty(),
-        )
+    return objective
+
+
+def run_trial(
+    study: optuna.Study,
+    storage: RDBStorage,
+    trial: optuna.Trial,
+    objective: Callable[[optuna.Trial], float],
+) -> None:
+    """Optuna's ask-and-tell: a pruned trial is told PRUNED, an error FAIL and re-raised."""
+    # Trial._trial_id is the storage id that heartbeats are recorded under.
+    with heartbeat(storage, trial._trial_id):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            return
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+    study.tell(trial, value)
+
+
+def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
+    """Run trials of the model's study until ``tune.n_trials`` have finished, by this worker
+    or any other; return how many this one ran. ``index`` offsets the sampler's seed, so
+    workers started together do not draw the same random startup params."""
+    p, tune = ctx.params, ctx.tune
+    name = study_name(ctx)
+    tracker = Tracker(ctx.dataset, ctx.name, name)
+    storage = open_storage(storage_url(tune.storage), tracker)
+    claim = study_lock(storage, name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with claim():  # one parent run and one study, however many workers start at once
+        parent = tracker.parent_run_id(tags)
+        study = open_study(name, p.seed + index, tune, storage)
+    tracker.log(
+        parent,
+        params={
+            **flatten("model", ctx.spec.model_dump(mode="json")),
+            **flatten("tune", tune.model_dump(mode="json", exclude={"workers", "storage"})),
+            "seed": p.seed,
+            "study": name,
+        },
+    )
+    objective = make_objective(ctx, tracker, parent, tags)
+    ran = 0
+    while True:
+        with claim():
+            optuna.storages.fail_stale_trials(study)
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            finished = sum(s in FINISHED for s in states)
+            claimed = finished + states.count(TrialState.RUNNING)
+            if finished >= tune.n_trials:
+                return ran
+            trial = study.ask() if claimed < tune.n_trials else None
+            if trial is not None:
+                # A trial without any heartbeat is never found stale: record one now.
+                storage.record_heartbeat(trial._trial_id)
+        if trial is None:
+            # The budget is claimed by running trials; wait in case one's worker dies.
+            time.sleep(HEARTBEAT_S)
+            continue
+        run_trial(study, storage, trial, objective)
+        ran += 1
+
+
+def _spawned_worker(params: Params, model: str, tags: dict[str, str], index: int) -> None:
+    run_worker(ModelContext(params, model), tags, index)
+
+
+def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
+    """Run (or resume) the study until ``n_trials`` trials have finished, with
+    ``tune.workers`` workers: this process and ``workers - 1`` spawned ones."""
+    p, tune = ctx.params, ctx.tune
+    spawn = multiprocessing.get_context("spawn")
+    helpers = [
+        spawn.Process(target=_spawned_worker, args=(p, ctx.name, tags, index), daemon=True)
+        for index in range(1, tune.workers)
+    ]
+    for process in helpers:
+        process.start()
+    try:
+        run_worker(ctx, tags, index=0)
+        for process in helpers:
+            process.join()
+    finally:
+        for process in helpers:
+            if process.is_alive():
+                process.terminate()
+                process.join()
+    failed = [process.exitcode for process in helpers if process.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} tune worker(s) of {ctx.name} exited with {failed}")
+    name = study_name(ctx)
+    tracker = Tracker(ctx.dataset, ctx.name, name)
+    study = optuna.load_study(
+        study_name=name, storage=open_storage(storage_url(tune.storage), tracker)
+    )
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise RuntimeError(
@@ -224,6 +385,7 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
         "best_val_loss": best.value,
         "study": name,
     }
+    parent = tracker.parent_run_id(tags)
     tracker.log(
         parent,
         metrics={"best_val_loss": best.value},

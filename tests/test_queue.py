@@ -1,0 +1,80 @@
+"""Queued experiments run in parallel (`dvc queue start -j 2`) in DVC's temp dirs, sharing
+the workspace's MLflow and Optuna stores: both land in `dvc exp show` and in MLflow."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import copy_repo, run, set_params
+
+pytestmark = pytest.mark.slow
+
+BATCH_SIZES = (32, 16)
+BUDGET = {"n_trials": 2, "epochs": 1, "max_epochs": 2}
+
+
+def wait_for_queue(repo: Path, timeout: float = 600) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        time.sleep(3)
+    raise AssertionError(f"queue not done in {timeout}s:\n{status}")
+
+
+def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
+    tiny_pipeline: dict, tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    repo = copy_repo(tiny_pipeline["repo"], tmp_path / "repo")
+    set_params(repo, {"classifiers": {"mlp": {"budget": BUDGET}}})  # a short tune and train
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    for size in BATCH_SIZES:
+        run(
+            [
+                "dvc",
+                "exp",
+                "run",
+                "--queue",
+                "-n",
+                f"bs{size}",
+                "-S",
+                f"classifiers.mlp.batch_size={size}",
+            ],
+            repo,
+        )
+    run(["dvc", "queue", "start", "-j", "2"], repo)
+    status = wait_for_queue(repo)
+    assert status.count("Success") == len(BATCH_SIZES), status
+    for size in BATCH_SIZES:
+        logs = run(["dvc", "queue", "logs", f"bs{size}"], repo)
+        assert "database is locked" not in logs.stdout + logs.stderr
+
+    table = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout.splitlines()
+    header = table[0].split(",")
+    column = {name: header.index(name) for name in ("Experiment", "State")}
+    rows = {r.split(",")[column["Experiment"]]: r.split(",") for r in table[1:]}
+    for size in BATCH_SIZES:
+        assert rows[f"bs{size}"][column["State"]] == "Success"
+        assert rows[f"bs{size}"][header.index("metrics/mlp/test.json:accuracy")]
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("reprolab-digits")
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`reprolab.role` = 'model' and tags.`reprolab.model` = 'mlp'",
+    )
+    by_size = {r.data.params.get("model.batch_size"): r for r in parents}
+    for size in BATCH_SIZES:
+        parent = by_size[str(size)]  # a new study per experiment, tuned, trained, evaluated
+        assert {"best_val_loss", "val_accuracy", "test_accuracy"} <= set(parent.data.metrics)
+        trials = client.search_runs(
+            [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+        assert len(trials) == BUDGET["n_trials"]
+    assert len(client.search_model_versions("name = 'digits-mlp'")) == 1 + len(BATCH_SIZES)
