@@ -203,3 +203,27 @@ def test_sample_grid_png_is_byte_deterministic(tmp_path) -> None:
     assert image.mode == "L" and image.size == (2 + 4 * (32 + 2),) * 2
     write_sample_grid(model, tmp_path / "c.png", pixel_max=16.0, seed=4, n=16, columns=4)
     assert (tmp_path / "c.png").read_bytes() != data  # another noise, other samples
+
+
+def test_generators_in_params_are_checked() -> None:
+    import yaml
+    from conftest import REPO
+
+    from reprolab.config import ParamsError, validate_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert validate_params(raw).generators["dcgan"].scorer.model == "cnn"
+    cases = [
+        ({"scorer": {"model": "nope", "arch": "cnn"}}, "'nope' is not a key of classifiers"),
+        ({"scorer": {"model": "cnn", "arch": "lenet"}}, "differs from classifiers.cnn.arch"),
+        ({"arch": "cnn"}, "generators.dcgan.arch: 'cnn' is a supervised architecture"),
+        ({"options": {"beta1": 1.0}}, "generators.dcgan.options.beta1"),
+        ({"optimizer": "sgd"}, "two Adam optimisers"),
+    ]
+    for change, message in cases:
+        bad = {**raw, "generators": {"dcgan": {**raw["generators"]["dcgan"], **change}}}
+        with pytest.raises(ParamsError, match=message):
+            validate_params(bad)
+    as_model = {**raw, "classifiers": {**raw["classifiers"], "g": {"arch": "dcgan"}}}
+    with pytest.raises(ParamsError, match="classifiers.g.arch: 'dcgan' is a generative"):
+        validate_params(as_model)
