@@ -109,7 +109,7 @@ def load_gan(folder: Path, device: torch.device | str = "cpu") -> tuple[DCGAN, d
                 f"{path}: not found; run `dvc repro train_generator@{folder.name}` first"
             )
     info = json.loads(spec_path.read_text())
-    model = build_gan(ArchSpec.from_json({k: info[k] for k in ArchSpec.__dataclass_fields__}))
+    model = build_gan(ArchSpec.from_json(info))
     try:
         model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     except Exception as err:  # torch raises several types for a corrupt zip/pickle
