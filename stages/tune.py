@@ -8,18 +8,11 @@ def main(params, args) -> None:
     from reprolab import paths
     from reprolab.io import write_json, write_tsv
     from reprolab.tracking import stage_tags
+    from reprolab.tuning import model_context, tune_model
 
-    if params.task_of(args.model) == "generative":
-        from reprolab.generative import GanContext, tune_gan
-
-        ctx, tune = GanContext(params, args.model), tune_gan
-    else:
-        from reprolab.context import ModelContext
-        from reprolab.tuning import tune_model
-
-        ctx, tune = ModelContext(params, args.model), tune_model
+    ctx = model_context(params, args.model)
     tags = stage_tags(ctx.device.type, params.threads, ctx.data_md5(("train", "val")))
-    result = tune(ctx, tags)
+    result = tune_model(ctx, tags)
     write_tsv(paths.PLOTS / "trials" / f"{args.model}.tsv", result.trials)
     write_json(paths.model_dir(args.model) / "best_params.json", result.best_params)
     print(f"tune@{args.model}: {result.best_params}")

@@ -14,37 +14,25 @@ reruns differ by the generator alone. Budgets: ``tune`` and ``train`` with the g
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import optuna
 import torch
-from optuna.study import MaxTrialsCallback
-from optuna.trial import TrialState
 
 from reprolab import paths, registry
 from reprolab.context import ModelContext
-from reprolab.engine import DivergedError
+from reprolab.engine import EpochCallback
 from reprolab.features import FrechetScorer, load_classifier
 from reprolab.gan import fit_gan, fixed_noise, generate, sampler, write_sample_grid
 from reprolab.io import write_json, write_tsv
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models.dcgan import DCGAN
-from reprolab.tracking import Tracker, flatten, registered_name
+from reprolab.tracking import Tracker, registered_name
 from reprolab.training import SPEC_FILE, CheckpointError, params_hash, save_model
-from reprolab.tuning import (
-    FINISHED,
-    TuneResult,
-    code_fingerprint,
-    finished_trials,
-    open_study,
-    trials_table,
-)
+from reprolab.tuning import TrialFit
 
 TEST_NOISE_SEED_OFFSET = 3  # the test split's noise: apart from validation's and the grid's
 GRID_SAMPLES = 64
@@ -120,24 +108,6 @@ def load_gan(folder: Path, device: torch.device | str = "cpu") -> tuple[DCGAN, d
     return model.to(device).eval(), info
 
 
-def study_name(ctx: GanContext) -> str:
-    p = ctx.params
-    inputs = {
-        "seed": p.seed,
-        "dataset": ctx.dataset,
-        "threads": p.threads,
-        "device": ctx.device.type,
-        "tune": ctx.tune.model_dump(mode="json"),
-        "train": ctx.train.model_dump(mode="json", include={"patience", "deterministic"}),
-        "generator": ctx.spec.model_dump(mode="json"),
-        "data": ctx.data_md5(("train", "val")),
-        "scorer": ctx.scorer_md5(),
-        "code": code_fingerprint(),
-    }
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{ctx.dataset}.{ctx.name}.{digest}"
-
-
 def _fit(ctx: GanContext, model: DCGAN, train_x, scorer, lr, weight_decay, epochs, **kw):
     return fit_gan(
         model,
@@ -160,96 +130,29 @@ def pixel_max(train_x: torch.Tensor) -> float:
     return float(train_x.max())
 
 
-def tune_gan(ctx: GanContext, tags: dict[str, str]) -> TuneResult:
-    """Optuna over lr and weight decay; objective: the best validation Fréchet distance."""
-    p, spec, tune = ctx.params, ctx.spec, ctx.tune
+def gan_trial_fitter(ctx: GanContext) -> TrialFit:
+    """An Optuna trial of the GAN (see tuning.trial_fitter): ``tune.epochs`` of fit_gan,
+    worth its best validation Fréchet distance."""
     train_x, val_x = ctx.load("train").x, ctx.load("val").x
     scorer = ctx.scorer(val_x)
-    name = study_name(ctx)
-    tracker = Tracker(ctx.dataset, ctx.name, name)
-    parent = tracker.parent_run_id(tags)
-    tracker.log(
-        parent,
-        params={
-            **flatten("model", spec.model_dump(mode="json")),
-            **flatten("tune", tune.model_dump(mode="json")),
-            "seed": p.seed,
-            "study": name,
-            "scorer_weights_md5": ctx.scorer_md5(),
-        },
-    )
-    study = open_study(name, p.seed, tune, tracker)
-    optuna.storages.fail_stale_trials(study)
 
-    def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", tune.lr.low, tune.lr.high, log=True)
-        weight_decay = trial.suggest_float(
-            "weight_decay", tune.weight_decay.low, tune.weight_decay.high, log=True
+    def fit_trial(
+        lr: float, weight_decay: float, on_epoch: EpochCallback, desc: str
+    ) -> tuple[float, int]:
+        result = _fit(
+            ctx,
+            ctx.new_model(),
+            train_x,
+            scorer,
+            lr,
+            weight_decay,
+            ctx.tune.epochs,
+            on_epoch=on_epoch,
+            desc=desc,
         )
-        run_id = tracker.start_child(parent, f"trial-{trial.number}", tags)
-        trial.set_user_attr("mlflow_run_id", run_id)
-        tracker.log(run_id, params={"lr": lr, "weight_decay": weight_decay, "trial": trial.number})
+        return result.best_val_fid, result.best_epoch
 
-        def report(epoch: int, row: dict[str, float]) -> None:
-            tracker.log(run_id, metrics={k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            trial.report(row["val_fid"], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"val_fid {row['val_fid']:.4f} at epoch {epoch}")
-
-        try:
-            result = _fit(
-                ctx,
-                ctx.new_model(),
-                train_x,
-                scorer,
-                lr,
-                weight_decay,
-                tune.epochs,
-                on_epoch=report,
-                desc=f"trial {trial.number}",
-            )
-        except (optuna.TrialPruned, DivergedError) as stopped:
-            trial.set_user_attr("pruned_reason", str(stopped))
-            tracker.client.set_tag(run_id, "reprolab.pruned_reason", str(stopped))
-            tracker.end(run_id, "KILLED")
-            raise optuna.TrialPruned(str(stopped)) from None
-        except BaseException:
-            tracker.end(run_id, "FAILED")
-            raise
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        tracker.log(run_id, metrics={"best_val_fid": result.best_val_fid})
-        tracker.end(run_id, "FINISHED")
-        return result.best_val_fid
-
-    remaining = tune.n_trials - len(finished_trials(study))
-    if remaining > 0:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            callbacks=[MaxTrialsCallback(tune.n_trials, states=FINISHED)],
-            show_progress_bar=sys.stderr.isatty(),
-        )
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise RuntimeError(
-            f"study {name}: all {tune.n_trials} trials were pruned or diverged; narrow "
-            "tune.lr or raise tune.pruner.n_warmup_steps"
-        )
-    best = study.best_trial
-    best_params = {
-        "lr": best.params["lr"],
-        "weight_decay": best.params["weight_decay"],
-        "best_trial": best.number,
-        "best_val_fid": best.value,
-        "study": name,
-    }
-    tracker.log(
-        parent,
-        metrics={"best_val_fid": best.value},
-        params={"best.lr": best.params["lr"], "best.weight_decay": best.params["weight_decay"]},
-    )
-    tracker.end(parent)
-    return TuneResult(study=study, best_params=best_params, trials=trials_table(study))
+    return fit_trial
 
 
 def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
