@@ -7,16 +7,21 @@ def main(params, args) -> None:
     import json
 
     from reprolab import distributed, paths
-    from reprolab.context import ModelContext
     from reprolab.tracking import stage_tags
-    from reprolab.training import train_final
+
+    if params.task_of(args.model) == "generative":  # one process (no train.launcher)
+        from reprolab.generative import GanContext as Context
+        from reprolab.generative import train_gan as train
+    else:
+        from reprolab.context import ModelContext as Context
+        from reprolab.training import train_final as train
 
     distributed.init_from_env(params.device)  # under torchrun (train.launcher); else no-op
     try:
-        ctx = ModelContext(params, args.model)
+        ctx = Context(params, args.model)
         best = json.loads((paths.model_dir(args.model) / "best_params.json").read_text())
         tags = stage_tags(ctx.device.type, params.threads, ctx.data_md5(("train", "val")))
-        metrics = train_final(ctx, best, tags)
+        metrics = train(ctx, best, tags)
     finally:
         distributed.shutdown()
     if metrics is not None:

@@ -1,16 +1,16 @@
-"""Stage tune@<model>: Optuna search of lr and weight decay on the validation split."""
+"""Stage tune@<model>: Optuna search of lr and weight decay on the validation split (a
+generator's objective: the Fréchet distance in its scorer's features)."""
 
 from reprolab.stage import run_stage
 
 
 def main(params, args) -> None:
     from reprolab import paths
-    from reprolab.context import ModelContext
     from reprolab.io import write_json, write_tsv
     from reprolab.tracking import stage_tags
-    from reprolab.tuning import tune_model
+    from reprolab.tuning import model_context, tune_model
 
-    ctx = ModelContext(params, args.model)
+    ctx = model_context(params, args.model)
     tags = stage_tags(ctx.device.type, params.threads, ctx.data_md5(("train", "val")))
     result = tune_model(ctx, tags)
     write_tsv(paths.PLOTS / "trials" / f"{args.model}.tsv", result.trials)

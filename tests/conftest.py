@@ -30,11 +30,18 @@ TINY_PARAMS = {
     },
     "train": {"max_epochs": 3, "patience": 2},
     "baselines": {"max_rows": 400},
+    "generators": {
+        "dcgan": {
+            "scorer": {"model": "lenet", "arch": "lenet"},
+            "budget": {"n_trials": 2, "epochs": 1, "max_epochs": 2},
+        }
+    },
 }
 # Two classifiers are enough to see that one model's change leaves the other alone; the
-# regressor covers the tabular data and the regression task.
-TINY_MODELS = ("mlp", "lenet", "tabular_mlp")
-GROUPS = ("classifiers", "regressors")
+# regressor covers the tabular data and the regression task; the GAN (scored by lenet) the
+# generators.
+TINY_MODELS = ("mlp", "lenet", "tabular_mlp", "dcgan")
+GROUPS = ("classifiers", "regressors", "generators")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -87,7 +94,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 def set_params(repo: Path, override: dict, models: tuple[str, ...] | None = None) -> None:
     """Merge ``override`` into the repo's params.yaml; keep only ``models`` if given
-    (model names of any group: classifiers, regressors)."""
+    (model names of any group: classifiers, regressors, generators)."""
     path = repo / "params.yaml"
     params = deep_merge(yaml.safe_load(path.read_text()), override)
     if models is not None:

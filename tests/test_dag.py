@@ -9,7 +9,7 @@ from conftest import REPO
 
 TEST_SPLITS = [PurePosixPath(f"data/splits/{kind}/test.npz") for kind in ("image", "tabular")]
 # The stage names of each model group in dvc.yaml: tune@mlp, tune_regressor@tabular_mlp...
-SUFFIX = {"classifiers": "", "regressors": "_regressor"}
+SUFFIX = {"classifiers": "", "regressors": "_regressor", "generators": "_generator"}
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def test_only_evaluate_stages_read_the_test_split(stages: dict) -> None:
     assert {n.split("@")[0] for n in evaluates} == {
         "evaluate",
         "evaluate_regressor",
+        "evaluate_generator",
         "evaluate_baselines",
     }
     assert readers == evaluates, f"test split read by {sorted(readers - evaluates)}"
@@ -69,7 +70,18 @@ def test_model_stages_depend_on_their_own_architecture_file_only(stages: dict) -
                 if d.startswith("src/reprolab/models/")
             }
             expected = {"src/reprolab/models/_base.py", f"src/reprolab/models/{spec['arch']}.py"}
+            if group == "generators":  # and its scorer's, to load the trained classifier
+                expected.add(f"src/reprolab/models/{spec['scorer']['arch']}.py")
             assert arch_files == expected
+
+
+def test_generator_stages_depend_on_their_scorers_model(stages: dict) -> None:
+    """A retrained scorer is another feature space: the generator's stages rerun."""
+    for model, spec in _groups()["generators"].items():
+        scorer = spec["scorer"]["model"]
+        for stage in ("tune", "train", "evaluate"):
+            deps = set(stages[f"{stage}_generator@{model}"]["deps"])
+            assert {f"models/{scorer}/model.pt", f"models/{scorer}/model.json"} <= deps
 
 
 def test_a_stage_touches_one_kind_of_data_only(stages: dict) -> None:

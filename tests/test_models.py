@@ -1,4 +1,8 @@
-"""Every registered architecture builds for small and MNIST-sized inputs and has exact gradients."""
+"""Every registered architecture builds for small and MNIST-sized inputs and has exact gradients.
+
+The classifiers and regressors share these cases; the DCGAN (noise in, images out) has its
+gradcheck here and the rest of its cases in test_gan.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,13 @@ import torch
 from reprolab import registry
 from reprolab.models._base import ModelSpec, build_model
 
-ARCHS = registry.model_names()
+# The classifiers and regressors (a generative arch, noise in and images out, has its
+# gradcheck below and its other cases in test_gan.py).
+ARCHS = [
+    arch
+    for arch in registry.model_names()
+    if getattr(registry.model_module(arch), "TASK", None) != "generative"
+]
 IMAGE_ARCHS = [a for a in ARCHS if "image" in registry.arch_inputs(a)]
 TABULAR_ARCHS = [a for a in ARCHS if "tabular" in registry.arch_inputs(a)]
 
@@ -75,6 +85,18 @@ def test_gradcheck_in_float64(arch: str) -> None:
     # fast_mode checks a random projection of the Jacobian: one backward instead of one per
     # input element, so even ResNet18 checks in seconds.
     assert torch.autograd.gradcheck(model, (x,), eps=1e-6, atol=1e-4, fast_mode=True)
+
+
+def test_dcgan_gradcheck_in_float64() -> None:
+    from reprolab.models import dcgan
+
+    torch.manual_seed(0)
+    options = dcgan.Options(latent=4, ngf=4, ndf=4)
+    model = dcgan.build(options, (1, 8, 8), 10).double().eval()  # eval: BatchNorm fixed
+    noise = torch.randn(2, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    images = torch.rand(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(model.generator, (noise,), eps=1e-6, atol=1e-4)
+    assert torch.autograd.gradcheck(model.discriminator, (images,), eps=1e-6, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -21,15 +21,14 @@ from conftest import (
 pytestmark = pytest.mark.slow
 
 MODELS = list(TINY_MODELS)
-CLASSIFIERS = [m for m in MODELS if m != "tabular_mlp"]
+GENERATORS = ["dcgan"]
+CLASSIFIERS = [m for m in MODELS if m not in ("tabular_mlp", *GENERATORS)]
+SUPERVISED = [m for m in MODELS if m not in GENERATORS]
 KINDS = ("image", "tabular")
-# Stage names per model: tune@mlp, ..., tune_regressor@tabular_mlp, ...
+# Stage names per model: tune@mlp, ..., tune_regressor@tabular_mlp, tune_generator@dcgan...
+SUFFIX = {"tabular_mlp": "_regressor", **dict.fromkeys(GENERATORS, "_generator")}
 MODEL_STAGES = {
-    m: {
-        f"{s}{'_regressor' if m == 'tabular_mlp' else ''}@{m}"
-        for s in ("tune", "train", "evaluate")
-    }
-    for m in MODELS
+    m: {f"{s}{SUFFIX.get(m, '')}@{m}" for s in ("tune", "train", "evaluate")} for m in MODELS
 }
 DATA_STAGES = {
     f"{s}@{k}" for s in ("download", "split", "baselines", "evaluate_baselines") for k in KINDS
@@ -62,7 +61,21 @@ def pipeline(tiny_pipeline: dict) -> dict:
 def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> None:
     repo = pipeline["repo"]
     assert set(stages_run(pipeline["first"].stdout)) == ALL_STAGES
-    for model in MODELS:
+    for model in GENERATORS:
+        for rel in (
+            f"models/{model}/model.pt",
+            f"models/{model}/model.json",
+            f"metrics/{model}/train.json",
+            f"plots/gan/{model}.tsv",
+            f"plots/trials/{model}.tsv",
+            f"plots/samples/{model}.png",
+        ):
+            assert (repo / rel).is_file(), rel
+        trials = (repo / f"plots/trials/{model}.tsv").read_text().splitlines()[1:]
+        assert len(trials) == TINY_PARAMS["generators"][model]["budget"]["n_trials"]
+        test = json.loads((repo / f"metrics/{model}/test.json").read_text())
+        assert test["fid"] > 0 and test["n_test"] == 270 and test["scorer"] == "lenet", test
+    for model in SUPERVISED:
         test_plot = "predictions" if model == "tabular_mlp" else "confusion"
         for rel in (
             f"models/{model}/model.pt",
@@ -90,6 +103,9 @@ def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> N
     baselines = ("logistic_regression", "rbf_svm", "ridge")
     assert all(f"| {m} |" in leaderboard for m in (*MODELS, *baselines))
     assert "## Classifiers on digits" in leaderboard and "## Regressors on diabetes" in leaderboard
+    assert "## Generators on digits" in leaderboard
+    # 4 each: curves, confusion or predictions, history, importances (a generator: its GAN
+    # curves and samples instead of the first two).
     assert len(list((repo / "reports/figures").glob("*.png"))) == 4 * len(MODELS)
     for kind, names in (("image", baselines[:2]), ("tabular", baselines[2:])):
         test = json.loads((repo / f"metrics/baselines/{kind}/test.json").read_text())
@@ -121,10 +137,14 @@ def test_mlflow_store_holds_parents_trials_and_registered_models(pipeline: dict)
     assert experiment.artifact_location.startswith(f"file://{repo}")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("reprolab.role") == "model"]
-    assert sorted(r.data.tags["reprolab.model"] for r in parents) == sorted(CLASSIFIERS)
+    assert sorted(r.data.tags["reprolab.model"] for r in parents) == sorted(
+        CLASSIFIERS + GENERATORS
+    )
     for parent in parents:
+        model = parent.data.tags["reprolab.model"]
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert len(children) == TINY_PARAMS["tune"]["n_trials"]
+        budget = TINY_PARAMS["generators"].get(model, {}).get("budget", TINY_PARAMS["tune"])
+        assert len(children) == budget["n_trials"]
         for child in children:
             assert child.info.status in ("FINISHED", "KILLED")
             if child.info.status == "KILLED":
@@ -133,7 +153,8 @@ def test_mlflow_store_holds_parents_trials_and_registered_models(pipeline: dict)
         assert parent.data.tags["reprolab.device"] == "cpu"
         assert len(parent.data.tags["reprolab.git_sha"]) == 40
         assert parent.data.tags["reprolab.data_md5.train"]
-        assert "test_accuracy" in parent.data.metrics and "val_accuracy" in parent.data.metrics
+        metric = "fid" if model in GENERATORS else "accuracy"
+        assert f"test_{metric}" in parent.data.metrics and f"val_{metric}" in parent.data.metrics
         assert "best.lr" in parent.data.params
     versions = client.search_model_versions("name = 'digits-mlp'")
     assert len(versions) == 1 and versions[0].tags["git_sha"]
@@ -146,6 +167,13 @@ def test_mlflow_store_holds_parents_trials_and_registered_models(pipeline: dict)
     assert logits.shape == (5, 10)
     info = mlflow.models.get_model_info("models:/digits-mlp/1")
     assert info.signature is not None and info.saved_input_example_info is not None
+    # The generator: noise (N, latent, 1, 1) -> images in raw pixel values (0..16 for digits).
+    generator = mlflow.pytorch.load_model("models:/digits-dcgan/1")
+    with torch.no_grad():
+        images = generator(torch.randn(3, 32, 1, 1))
+    assert images.shape == (3, 1, 8, 8) and images.min() >= 0 and images.max() <= 16
+    signature = mlflow.models.get_model_info("models:/digits-dcgan/1").signature.to_dict()
+    assert "[-1, 32, 1, 1]" in signature["inputs"] and "[-1, 1, 8, 8]" in signature["outputs"]
 
 
 def test_stage_code_deps_match_what_the_stage_imports(pipeline: dict) -> None:

@@ -82,12 +82,11 @@ def tune_worker(args: argparse.Namespace) -> None:
     more processes or on more machines sharing the study storage)."""
     import os
 
-    from reprolab.context import ModelContext
     from reprolab.tracking import stage_tags
-    from reprolab.tuning import run_worker, storage_url, study_name
+    from reprolab.tuning import model_context, run_worker, storage_url, study_name
 
     params = load_params(args.params, options_of=[args.model])
-    ctx = ModelContext(params, args.model)
+    ctx = model_context(params, args.model)
     tags = stage_tags(ctx.device.type, params.threads, ctx.data_md5(("train", "val")))
     # The sampler seed is seed + index: distinct per process unless given.
     index = os.getpid() if args.index is None else args.index

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -144,6 +145,29 @@ class ModelSpec(_Strict):
         return arch
 
 
+class ScorerSpec(_Strict):
+    """The classifier whose features score a generator: a key of ``classifiers:`` and its
+    arch, repeated because dvc.yaml lists the arch's module as a dep and cannot look it up."""
+
+    model: str
+    arch: str
+
+
+class GeneratorSpec(ModelSpec):
+    """A ``generators:`` entry: a GAN (a generative arch) on the image dataset, tuned, kept and
+    tested on the Fréchet distance in ``scorer``'s features (see reprolab.features). Its
+    optimisers are the tutorial's two Adams (beta1 in ``options``); ``budget`` as for models."""
+
+    scorer: ScorerSpec
+
+    @field_validator("optimizer")
+    @classmethod
+    def _adam(cls, optimizer: str) -> str:
+        if optimizer != "adam":
+            raise ValueError("a GAN trains with two Adam optimisers (beta1 in options)")
+        return optimizer
+
+
 class DatasetsParams(_Strict):
     """One dataset per kind of input: each model group reads the one of its kind."""
 
@@ -174,6 +198,7 @@ class DatasetsParams(_Strict):
 GROUPS: dict[str, tuple[str, str]] = {
     "classifiers": ("image", "classification"),
     "regressors": ("tabular", "regression"),
+    "generators": ("image", "generative"),
 }
 # The task of the scikit-learn baselines of each kind of dataset.
 BASELINE_TASK = {"image": "classification", "tabular": "regression"}
@@ -212,16 +237,37 @@ class Params(_Strict):
     train: TrainParams = TrainParams()
     classifiers: dict[str, ModelSpec]
     regressors: dict[str, ModelSpec] = Field(default_factory=dict)
+    generators: dict[str, GeneratorSpec] = Field(default_factory=dict)
     baselines: BaselineParams = BaselineParams()
     report: ReportParams = ReportParams()
 
-    @field_validator("classifiers", "regressors")
+    @field_validator("classifiers", "regressors", "generators")
     @classmethod
     def _names(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
         for name in models:
             if not name.replace("_", "").isalnum():
                 raise ValueError(f"model name {name!r} must be letters, digits and '_'")
         return models
+
+    @field_validator("generators")
+    @classmethod
+    def _scored_by_classifiers(
+        cls, generators: dict[str, GeneratorSpec], info: ValidationInfo
+    ) -> dict[str, GeneratorSpec]:
+        classifiers = info.data.get("classifiers") or {}
+        for name, spec in generators.items():
+            scorer = spec.scorer
+            if scorer.model not in classifiers:
+                raise ValueError(
+                    f"{name}.scorer.model {scorer.model!r} is not a key of classifiers "
+                    f"({', '.join(classifiers)}): the scorer is a classifier the pipeline trains"
+                )
+            if scorer.arch != classifiers[scorer.model].arch:
+                raise ValueError(
+                    f"{name}.scorer.arch {scorer.arch!r} differs from classifiers."
+                    f"{scorer.model}.arch {classifiers[scorer.model].arch!r}"
+                )
+        return generators
 
     @model_validator(mode="after")
     def _unique_names(self) -> Params:
@@ -324,6 +370,13 @@ def validate_params(
                 f"{source}: {group}.{name}.arch: {spec.arch!r} takes "
                 f"{' or '.join(registry.arch_inputs(spec.arch))} input, but {group} read the "
                 f"{kind} dataset (datasets.{kind}: {getattr(params.datasets, kind)!r})"
+            )
+        task = params.task_of(name)
+        if (registry.model_task(spec.arch) == "generative") != (task == "generative"):
+            raise ParamsError(
+                f"{source}: {group}.{name}.arch: {spec.arch!r} is a "
+                f"{registry.model_task(spec.arch)} architecture, {group} need a "
+                + ("generative one" if task == "generative" else "classifier or regressor")
             )
         registry.validate_model_options(spec.arch, spec.options, key=f"{group}.{name}.options")
     return params

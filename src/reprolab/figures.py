@@ -31,6 +31,8 @@ def read_table(path: Path, sep: str = "\t") -> list[dict[str, str]]:
 
 
 def _curves(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
+    if params.task_of(model) == "generative":
+        return False  # a GAN's curves: _gan_curves
     rows = read_table(inputs["curves"] / f"{model}.tsv")
     epochs = [int(r["epoch"]) for r in rows]
     loss_ax, acc_ax = fig.subplots(1, 2)
@@ -48,6 +50,39 @@ def _curves(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
             score.removeprefix("val_").upper() if "rmsle" in score else score.removeprefix("val_")
         )
         acc_ax.set(xlabel="epoch", ylabel=f"val {label}", title=f"{model}: validation {label}")
+    return True
+
+
+def _gan_curves(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
+    if params.task_of(model) != "generative":
+        return False
+    rows = read_table(inputs["gan"] / f"{model}.tsv")
+    epochs = [int(r["epoch"]) for r in rows]
+    loss_ax, fid_ax = fig.subplots(1, 2)
+    for key, label in (("loss_d", "discriminator"), ("loss_g", "generator")):
+        loss_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=label)
+    loss_ax.set(xlabel="epoch", ylabel="loss (BCE)", title=f"{model}: GAN losses")
+    loss_ax.legend()
+    fid_ax.plot(epochs, [float(r["val_fid"]) for r in rows], marker="o", color="C2")
+    fid_ax.set(xlabel="epoch", ylabel="Fréchet distance", title=f"{model}: validation distance")
+    fid_ax.set_yscale("log")
+    return True
+
+
+def _samples(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
+    """The evaluate stage's grid of samples from a fixed noise (plots/samples/<model>.png)."""
+    if params.task_of(model) != "generative":
+        return False
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(inputs["samples"] / f"{model}.png") as image:
+        pixels = np.asarray(image)
+    ax = fig.subplots()
+    grey = {"cmap": "gray", "vmin": 0, "vmax": 255} if pixels.ndim == 2 else {}
+    ax.imshow(pixels, interpolation="nearest", **grey)
+    ax.set_axis_off()
+    ax.set_title(f"{model}: samples from a fixed noise")
     return True
 
 
@@ -107,7 +142,9 @@ def _history(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
             xs.append(int(r["trial"]))
             ys.append(best)
     ax.step(xs, ys, where="post", color="C3", label="best so far")
-    ax.set(xlabel="trial", ylabel="validation loss", title=f"{model}: Optuna optimisation history")
+    generative = params.task_of(model) == "generative"
+    objective = "validation Fréchet distance" if generative else "validation loss"
+    ax.set(xlabel="trial", ylabel=objective, title=f"{model}: Optuna optimisation history")
     ax.set_yscale("log")
     ax.legend()
     return True
@@ -151,10 +188,11 @@ def _importances(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
     return True
 
 
-# Per-model figures, in report order. A generative model (DCGAN) adds a sample grid here:
-# a ("samples", "Generated samples", draw) entry whose draw returns False for classifiers.
+# Per-model figures, in report order; a draw returns False for a model it does not fit.
 FIGURES: list[tuple[str, str, FigureFn, tuple[float, float]]] = [
     ("curves", "Learning curves", _curves, (9.0, 3.2)),
+    ("samples", "Samples from a fixed noise", _samples, (4.0, 4.2)),
+    ("gan", "GAN training", _gan_curves, (9.0, 3.2)),
     ("confusion", "Test confusion matrix", _confusion, (4.6, 3.8)),
     ("predictions", "Test predictions against targets", _predictions, (4.2, 3.8)),
     ("history", "Optuna optimisation history", _history, (5.0, 3.2)),

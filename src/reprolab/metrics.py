@@ -1,4 +1,5 @@
-"""Classification and regression metrics computed once, after the loop, from gathered outputs.
+"""Classification and regression metrics computed once, after the loop, from gathered outputs,
+and the Fréchet distance between two Gaussians (the generative score; see reprolab.features).
 
 Plain numpy (checked against scikit-learn in tests/test_metrics.py): importing
 sklearn.metrics costs ~1.7 s in every stage process, more than the metrics themselves.
@@ -58,3 +59,31 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
         "r2": round(1.0 - residual / total if total > 0 else 0.0, 6),
         "loss": round(rmsle, 6),
     }
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)): the Fréchet (2-Wasserstein) distance
+    between N(mu1, S1) and N(mu2, S2), squared, in float64; FID is this on network features.
+
+    tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of
+    S1^(1/2) S2 S1^(1/2), a symmetric PSD matrix similar to S1 S2. Two symmetric
+    eigendecompositions replace a general ``sqrtm``, which is slower and turns complex or
+    inaccurate on the singular covariances of few samples in many dimensions; eigenvalues
+    that rounding made slightly negative are clipped to zero.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(
+            f"frechet_distance: means of shape (d,) and covariances (d, d) expected, got "
+            f"{mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}"
+        )
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    middle = root1 @ s2 @ root1
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
+    diff = mu1 - mu2
+    return max(0.0, float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * cross))

@@ -51,6 +51,11 @@ def arch_inputs(arch: str) -> tuple[str, ...]:
     return tuple(getattr(model_module(arch), "INPUTS", ("image", "tabular")))
 
 
+def model_task(arch: str) -> str:
+    """``generative`` for a GAN module (``TASK = "generative"``), else ``supervised``."""
+    return getattr(model_module(arch), "TASK", "supervised")
+
+
 def validate_model_options(arch: str, options: dict[str, Any], key: str) -> Any:
     """Validate ``options`` against the arch module's ``Options`` schema."""
     from pydantic import ValidationError

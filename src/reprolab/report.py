@@ -32,6 +32,8 @@ class Section:
     higher_is_better: bool
     # (header, which metrics, key) cells after the rank metric
     columns: tuple[tuple[str, str, str], ...]
+    note: str = ""  # a paragraph under the title
+    baselines: bool = True  # the scikit-learn rows of its kind of dataset
 
 
 def sections(params: Params) -> list[Section]:
@@ -68,7 +70,28 @@ def sections(params: Params) -> list[Section]:
                 ),
             )
         )
+    if params.generators:
+        out.append(
+            Section(
+                "generators",
+                "image",
+                params.datasets.image,
+                "fid",
+                False,
+                (("test Fréchet distance", "test", "fid"),),
+                note=GENERATORS_NOTE,
+                baselines=False,
+            )
+        )
     return out
+
+
+GENERATORS_NOTE = (
+    "The Fréchet distance between real and generated images in the features of the "
+    "generator's scorer, a classifier of this pipeline read at its last hidden layer "
+    "(src/reprolab/features.py): distances compare only under one scorer and are not "
+    "Inception FIDs; each split is compared with as many generated images as it holds."
+)
 
 
 def model_params(params: Params, name: str) -> str:
@@ -101,7 +124,7 @@ def leaderboard_rows(params: Params, section: Section) -> list[dict]:
             }
         )
     baselines = paths.METRICS / "baselines" / section.kind
-    if (baselines / "val.json").is_file():
+    if section.baselines and (baselines / "val.json").is_file():
         val, test = _read(baselines / "val.json"), _read(baselines / "test.json")
         for name, chosen in val.items():
             hyper = next(k for k in chosen if k not in ("val", "grid"))
@@ -120,7 +143,9 @@ def leaderboard_rows(params: Params, section: Section) -> list[dict]:
             )
     # Rank on validation only: choosing by test would leak the test split into selection.
     sign = -1 if section.higher_is_better else 1
-    rows.sort(key=lambda r: (sign * r["val"][section.rank_metric], r["val"]["loss"], r["model"]))
+    rows.sort(
+        key=lambda r: (sign * r["val"][section.rank_metric], r["val"].get("loss", 0), r["model"])
+    )
     return rows
 
 
@@ -140,7 +165,9 @@ def _cells(section: Section, rank: int, r: dict) -> list[str]:
 
 
 def _header(section: Section) -> list[str]:
-    metric = "RMSLE" if section.rank_metric == "rmsle" else section.rank_metric
+    metric = {"rmsle": "RMSLE", "fid": "Fréchet distance"}.get(
+        section.rank_metric, section.rank_metric
+    )
     return [
         "rank",
         "model",
@@ -180,6 +207,8 @@ def render_markdown(params: Params, boards: list[tuple[Section, list[dict]]], fi
     for section, rows in boards:
         header = _header(section)
         lines += ["", f"## {_title(section)}", ""]
+        if section.note:
+            lines += [section.note, ""]
         uri = champion_uri(section, rows)
         if uri:
             lines += [f"Champion (alias `{CHAMPION}` in the MLflow Model Registry): `{uri}`", ""]
@@ -227,8 +256,9 @@ def render_html(
             if uri
             else ""
         )
+        note = f"<p>{e(section.note)}</p>\n" if section.note else ""
         tables.append(
-            f"<h2>{e(_title(section))}</h2>\n{champion}"
+            f"<h2>{e(_title(section))}</h2>\n{note}{champion}"
             f'<table id="leaderboard-{e(section.group)}">\n<tr>{head}</tr>\n{body}\n</table>'
         )
     parts = []
@@ -263,6 +293,8 @@ def write_report(params: Params) -> list[tuple[Section, list[dict]]]:
         "curves": paths.PLOTS / "curves",
         "trials": paths.PLOTS / "trials",
         "predictions": paths.PLOTS / "predictions",
+        "gan": paths.PLOTS / "gan",
+        "samples": paths.PLOTS / "samples",
         "test": {m: _read(paths.METRICS / m / "test.json") for m in models},
         "classes": {m: specs[m].get("classes") for m in models},
     }

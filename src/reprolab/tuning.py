@@ -41,7 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from reprolab.config import Params
 from reprolab.context import ModelContext
-from reprolab.engine import DivergedError, fit, make_optimizer
+from reprolab.engine import DivergedError, EpochCallback, fit, make_optimizer
 from reprolab.io import file_lock
 from reprolab.paths import workspace_root
 from reprolab.tracking import Tracker, flatten
@@ -96,6 +96,8 @@ def study_name(ctx: ModelContext) -> str:
         "data": ctx.data_md5(("train", "val")),
         "code": code_fingerprint(),
     }
+    if ctx.task == "generative":  # its objective lives in the scorer's features
+        inputs["scorer"] = ctx.scorer_md5()
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
     return f"{ctx.dataset}.{ctx.name}.{digest}"
 
@@ -220,11 +222,55 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# A trial's training: (lr, weight_decay, on_epoch, desc) -> (best objective, its epoch).
+TrialFit = Callable[[float, float, EpochCallback, str], tuple[float, int]]
+
+
+def trial_fitter(ctx: ModelContext) -> tuple[TrialFit, str]:
+    """How a trial of ``ctx``'s model trains, and the per-epoch value it minimises:
+    engine.fit and ``val_loss``, or (a generator) reprolab.generative's GAN loop and
+    ``val_fid``."""
+    if ctx.task == "generative":
+        from reprolab.generative import gan_trial_fitter
+
+        return gan_trial_fitter(ctx), "val_fid"
+    train, val = ctx.load("train"), ctx.load("val")
+
+    def fit_trial(
+        lr: float, weight_decay: float, on_epoch: EpochCallback, desc: str
+    ) -> tuple[float, int]:
+        model = ctx.new_model()
+        result = fit(
+            model,
+            train,
+            val,
+            optimizer=make_optimizer(model, ctx.spec, lr, weight_decay),
+            train_params=ctx.train,
+            epochs=ctx.tune.epochs,
+            batch_size=ctx.spec.batch_size,
+            seed=ctx.params.seed,
+            task=ctx.task,
+            on_epoch=on_epoch,
+            desc=desc,
+        )
+        return result.best_val_loss, result.best_epoch
+
+    return fit_trial, "val_loss"
+
+
+def model_context(params: Params, model: str) -> ModelContext:
+    if params.task_of(model) == "generative":
+        from reprolab.generative import GanContext
+
+        return GanContext(params, model)
+    return ModelContext(params, model)
+
+
 def make_objective(
     ctx: ModelContext, tracker: Tracker, parent: str, tags: dict[str, str]
 ) -> Callable[[optuna.Trial], float]:
-    p, tune = ctx.params, ctx.tune
-    train, val = ctx.load("train"), ctx.load("val")
+    tune = ctx.tune
+    fit_trial, key = trial_fitter(ctx)
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", tune.lr.low, tune.lr.high, log=True)
@@ -235,28 +281,15 @@ def make_objective(
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("worker", worker_id())
         tracker.log(run_id, params={"lr": lr, "weight_decay": weight_decay, "trial": trial.number})
-        model = ctx.new_model()
 
         def report(epoch: int, row: dict[str, float]) -> None:
             tracker.log(run_id, metrics={k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            trial.report(row["val_loss"], epoch)
+            trial.report(row[key], epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"val_loss {row['val_loss']:.4f} at epoch {epoch}")
+                raise optuna.TrialPruned(f"{key} {row[key]:.4f} at epoch {epoch}")
 
         try:
-            result = fit(
-                model,
-                train,
-                val,
-                optimizer=make_optimizer(model, ctx.spec, lr, weight_decay),
-                train_params=ctx.train,
-                epochs=tune.epochs,
-                batch_size=ctx.spec.batch_size,
-                seed=p.seed,
-                task=ctx.task,
-                on_epoch=report,
-                desc=f"trial {trial.number}",
-            )
+            best_value, best_epoch = fit_trial(lr, weight_decay, report, f"trial {trial.number}")
         except (optuna.TrialPruned, DivergedError) as stopped:
             reason = str(stopped)
             trial.set_user_attr("pruned_reason", reason)
@@ -267,10 +300,10 @@ def make_objective(
         except BaseException:
             tracker.end(run_id, "FAILED")
             raise
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        tracker.log(run_id, metrics={"best_val_loss": result.best_val_loss})
+        trial.set_user_attr("best_epoch", best_epoch)
+        tracker.log(run_id, metrics={f"best_{key}": best_value})
         tracker.end(run_id, "FINISHED")
-        return result.best_val_loss
+        return best_value
 
     return objective
 
@@ -340,7 +373,7 @@ def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
 
 
 def _spawned_worker(params: Params, model: str, tags: dict[str, str], index: int) -> None:
-    run_worker(ModelContext(params, model), tags, index)
+    run_worker(model_context(params, model), tags, index)
 
 
 def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
@@ -378,17 +411,18 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
             "tune.pruner.n_warmup_steps"
         )
     best = study.best_trial
+    key = "best_val_fid" if ctx.task == "generative" else "best_val_loss"
     best_params = {
         "lr": best.params["lr"],
         "weight_decay": best.params["weight_decay"],
         "best_trial": best.number,
-        "best_val_loss": best.value,
+        key: best.value,
         "study": name,
     }
     parent = tracker.parent_run_id(tags)
     tracker.log(
         parent,
-        metrics={"best_val_loss": best.value},
+        metrics={key: best.value},
         params={"best.lr": best.params["lr"], "best.weight_decay": best.params["weight_decay"]},
     )
     tracker.end(parent)
