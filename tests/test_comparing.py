@@ -26,10 +26,12 @@ def test_html_report_has_leaderboard_and_every_figure(tiny_pipeline: dict) -> No
     page = (repo / "reports/index.html").read_text()
     for column in ("val accuracy", "test accuracy", "lr", "params", "parameters", "training time"):
         assert f"<th>{column}</th>" in page
-    # Wall-clock training time of every model, from its MLflow run.
-    assert len(re.findall(r"<td>\d+\.\d s</td>", page)) == len(MODELS)
+    # Wall-clock training time of every classifier, from its MLflow run (last cell of its row).
+    for model in MODELS:
+        assert re.search(rf"<td>{model}</td>(?:(?!</tr>).)*<td>\d+\.\d s</td></tr>", page), model
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert len(images) == 4 * len(MODELS)
+    kinds = ("curves", "confusion", "history", "importance")
+    assert {f"figures/{k}-{m}.png" for k in kinds for m in MODELS} <= set(images)
     for src in images:
         assert (repo / "reports" / src).read_bytes().startswith(b"\x89PNG")
     assert all(f"figures/{kind}-mlp.png" in images for kind in ("curves", "confusion"))
@@ -147,4 +149,4 @@ def test_make_dashboard_serves_the_studies(tiny_pipeline: dict) -> None:
     ):
         studies = json.loads(response.read())["study_summaries"]
     names = {s["study_name"] for s in studies}
-    assert {n.split(".")[1] for n in names} == set(MODELS), names
+    assert {n.split(".")[1] for n in names} >= {*MODELS, "tabular_mlp"}, names

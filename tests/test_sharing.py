@@ -26,7 +26,8 @@ def _best_by_validation(repo: Path) -> str:
     scores = {}
     for path in sorted((repo / "metrics").glob("*/train.json")):
         val = json.loads(path.read_text())["val"]
-        scores[path.parent.name] = (-val["accuracy"], val["loss"], path.parent.name)
+        if "accuracy" in val:  # the classifiers' champion
+            scores[path.parent.name] = (-val["accuracy"], val["loss"], path.parent.name)
     return min(scores, key=scores.get)
 
 
