@@ -30,8 +30,8 @@ from reprolab.gan import fit_gan, fixed_noise, generate, sampler, write_sample_g
 from reprolab.io import write_json, write_tsv
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models.dcgan import DCGAN
-from reprolab.tracking import Tracker, registered_name
-from reprolab.training import SPEC_FILE, CheckpointError, params_hash, save_model
+from reprolab.tracking import Tracker
+from reprolab.training import SPEC_FILE, CheckpointError, log_final_model, save_model
 from reprolab.tuning import TrialFit
 
 TEST_NOISE_SEED_OFFSET = 3  # the test split's noise: apart from validation's and the grid's
@@ -205,47 +205,19 @@ def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
 
 def _log_generator(ctx, model, best, tags, history, about, weights_md5, train_seconds):
     """The final epochs, val FID and the generator (noise -> raw pixel images), registered."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    p = ctx.params
-    tracker = Tracker(ctx.dataset, ctx.name, best["study"])
-    parent = tracker.parent_run_id(tags)
-    for row in history:
-        tracker.log(
-            parent,
-            metrics={f"final.{k}": v for k, v in row.items() if k != "epoch"},
-            step=int(row["epoch"]),
-        )
     best_row = min(history, key=lambda r: r["val_fid"])
-    tracker.log(parent, metrics={"val_fid": best_row["val_fid"], "train_seconds": train_seconds})
-    served = sampler(model.to("cpu"), about["pixel_max"]).eval()
-    example = fixed_noise(4, model.latent, p.seed).numpy()
-    with torch.no_grad():
-        output = served(torch.from_numpy(example)).numpy()
-    with mlflow.start_run(run_id=parent):
-        info = mlflow.pytorch.log_model(
-            served,
-            name="model",
-            signature=infer_signature(example, output),
-            input_example=example,
-            registered_model_name=registered_name(ctx.dataset, ctx.name),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            metadata=about,
-        )
-    version = info.registered_model_version
-    if version is not None:
-        name = registered_name(ctx.dataset, ctx.name)
-        version_tags = {
-            "git_sha": tags.get("reprolab.git_sha", "unknown"),
-            "data_md5": ",".join(f"{k}={v}" for k, v in tags.items() if "data_md5" in k),
-            "params_hash": params_hash({"model": ctx.spec.model_dump(mode="json"), **best}),
-            "device": ctx.device.type,
-            "weights_md5": weights_md5,
-            "scorer_weights_md5": about["scorer_weights_md5"],
-        }
-        for key, value in version_tags.items():
-            tracker.client.set_model_version_tag(name, str(version), key, value)
+    log_final_model(
+        ctx,
+        best,
+        tags,
+        history=history,
+        logged={"val_fid": best_row["val_fid"], "train_seconds": train_seconds},
+        served=sampler(model.to("cpu"), about["pixel_max"]).eval(),
+        example=fixed_noise(4, model.latent, ctx.params.seed).numpy(),
+        about=about,
+        weights_md5=weights_md5,
+        version_tags={"scorer_weights_md5": about["scorer_weights_md5"]},
+    )
 
 
 def evaluate_gan(ctx: GanContext, tags: dict[str, str]) -> dict:

@@ -123,6 +123,38 @@ def model_metadata(meta: dict, input_max: float) -> dict:
 
 
 def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, weights_md5):
+    train_params = flatten("train", ctx.train.model_dump(mode="json"))
+    log_final_model(
+        ctx,
+        best,
+        tags,
+        history=history,
+        logged=logged,
+        served=model.to("cpu").eval(),
+        example=val.x[:4].float().cpu().numpy(),
+        about=about,
+        weights_md5=weights_md5,
+        params={**train_params, **{k: str(v) for k, v in run_record.items()}},
+    )
+
+
+def log_final_model(
+    ctx,
+    best: dict,
+    tags: dict[str, str],
+    *,
+    history: list[dict],
+    logged: dict[str, float],
+    served: nn.Module,
+    example,
+    about: dict,
+    weights_md5: str,
+    params: dict | None = None,
+    version_tags: dict[str, str] | None = None,
+) -> None:
+    """On the model's parent run: the final epochs (``final.*``), the final metrics, and the
+    served model logged with signature and registered as ``<dataset>-<model>``, its version
+    tagged with git sha, data md5s, params hash, device and the weights' md5."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -135,31 +167,29 @@ def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, 
             step=int(row["epoch"]),
         )
     tracker.log(parent, metrics=logged)
-    train_params = flatten("train", ctx.train.model_dump(mode="json"))
-    example = val.x[:4].float().cpu().numpy()
-    model_cpu = model.to("cpu").eval()
     with torch.no_grad():
-        output = model_cpu(torch.from_numpy(example)).numpy()
+        output = served(torch.from_numpy(example)).numpy()
     with mlflow.start_run(run_id=parent):
         info = mlflow.pytorch.log_model(
-            model_cpu,
+            served,
             name="model",
             signature=infer_signature(example, output),
             input_example=example,
             registered_model_name=registered_name(ctx.dataset, ctx.name),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            params={**train_params, **{k: str(v) for k, v in run_record.items()}},
+            params=params,
             metadata=about,
         )
     version = info.registered_model_version
     if version is not None:
         name = registered_name(ctx.dataset, ctx.name)
-        version_tags = {
+        all_tags = {
             "git_sha": tags.get("reprolab.git_sha", "unknown"),
             "data_md5": ",".join(f"{k}={v}" for k, v in tags.items() if "data_md5" in k),
             "params_hash": params_hash({"model": ctx.spec.model_dump(mode="json"), **best}),
             "device": ctx.device.type,
             "weights_md5": weights_md5,
+            **(version_tags or {}),
         }
-        for key, value in version_tags.items():
+        for key, value in all_tags.items():
             tracker.client.set_model_version_tag(name, str(version), key, value)
