@@ -31,7 +31,14 @@ from reprolab.io import write_json, write_tsv
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models.dcgan import DCGAN
 from reprolab.tracking import Tracker
-from reprolab.training import SPEC_FILE, CheckpointError, log_final_model, save_model
+from reprolab.training import (
+    SPEC_FILE,
+    CheckpointError,
+    describe_run,
+    load_model,
+    log_final_model,
+    save_model,
+)
 from reprolab.tuning import TrialFit
 
 TEST_NOISE_SEED_OFFSET = 3  # the test split's noise: apart from validation's and the grid's
@@ -90,22 +97,7 @@ def build_gan(spec: ArchSpec) -> DCGAN:
 
 def load_gan(folder: Path, device: torch.device | str = "cpu") -> tuple[DCGAN, dict]:
     """A saved GAN (generator and discriminator) and its model.json, in eval mode."""
-    spec_path, weights_path = folder / SPEC_FILE, folder / "model.pt"
-    for path in (spec_path, weights_path):
-        if not path.is_file():
-            raise CheckpointError(
-                f"{path}: not found; run `dvc repro train_generator@{folder.name}` first"
-            )
-    info = json.loads(spec_path.read_text())
-    model = build_gan(ArchSpec.from_json(info))
-    try:
-        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    except Exception as err:  # torch raises several types for a corrupt zip/pickle
-        raise CheckpointError(
-            f"{weights_path}: cannot load ({type(err).__name__}: {err}); delete it and run "
-            f"`dvc repro train_generator@{folder.name}`"
-        ) from None
-    return model.to(device).eval(), info
+    return load_model(folder, device, build=build_gan, stage="train_generator")
 
 
 def _fit(ctx: GanContext, model: DCGAN, train_x, scorer, lr, weight_decay, epochs, **kw):
@@ -158,7 +150,7 @@ def gan_trial_fitter(ctx: GanContext) -> TrialFit:
 def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
     """Train with the tuned lr and weight decay, keep the best epoch by validation FID; write
     the model, curves and val metrics; log and register the generator in MLflow."""
-    p, spec = ctx.params, ctx.spec
+    spec = ctx.spec
     train_x, val_x = ctx.load("train").x, ctx.load("val").x
     scorer = ctx.scorer(val_x)
     model = ctx.new_model()
@@ -176,16 +168,10 @@ def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
     )
     train_seconds = time.perf_counter() - started  # MLflow only: DVC outputs stay byte-equal
     top = pixel_max(train_x)
-    run_record = {
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "device": ctx.device.type,
-        "threads": p.threads,
-        "lr": best["lr"],
-        "weight_decay": best["weight_decay"],
-        "n_parameters": sum(t.numel() for t in model.generator.parameters()),
-        "n_parameters_discriminator": sum(t.numel() for t in model.discriminator.parameters()),
-    }
+    run_record = describe_run(ctx, result, best, model.generator)
+    run_record["n_parameters_discriminator"] = sum(
+        t.numel() for t in model.discriminator.parameters()
+    )
     val_metrics = {"fid": round(result.best_val_fid, 6), "n_real": scorer.n_real}
     about = {
         "model": ctx.name,

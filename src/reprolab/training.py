@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,22 +44,27 @@ def save_model(model: nn.Module, spec: ModelSpec, folder: Path, extra: dict) -> 
     return md5
 
 
-def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild from model.json and load weights with ``weights_only=True`` (no pickle code)."""
+def load_model(
+    folder: Path,
+    device: torch.device | str = "cpu",
+    build: Callable[[ModelSpec], nn.Module] = build_model,
+    stage: str = "train",
+) -> tuple[nn.Module, dict]:
+    """Rebuild with ``build`` from model.json and load weights with ``weights_only=True`` (no
+    pickle code); a missing or corrupt file names the stage (``<stage>@<model>``) to rerun."""
     spec_path, weights_path = folder / SPEC_FILE, folder / MODEL_FILE
     for path in (spec_path, weights_path):
         if not path.is_file():
-            raise CheckpointError(f"{path}: not found; run `dvc repro train@{folder.name}` first")
+            raise CheckpointError(f"{path}: not found; run `dvc repro {stage}@{folder.name}` first")
     info = json.loads(spec_path.read_text())
-    spec = ModelSpec.from_json(info)
-    model = build_model(spec)
+    model = build(ModelSpec.from_json(info))
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as err:  # torch raises several types for a corrupt zip/pickle
         raise CheckpointError(
             f"{weights_path}: cannot load ({type(err).__name__}: {err}); the file is corrupt, "
-            f"delete it and run `dvc repro train@{folder.name}`"
+            f"delete it and run `dvc repro {stage}@{folder.name}`"
         ) from None
     return model.to(device).eval(), info
 
@@ -91,15 +97,7 @@ def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict | N
     if not distributed.is_main():
         return None  # under torchrun, rank 0 alone evaluates, writes and logs
     val_metrics = TASKS[ctx.task].metrics(predict(model, val), val.y)
-    run_record = {
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "device": ctx.device.type,
-        "threads": p.threads,
-        "lr": best["lr"],
-        "weight_decay": best["weight_decay"],
-        "n_parameters": sum(t.numel() for t in model.parameters()),
-    }
+    run_record = describe_run(ctx, result, best, model)
     folder = paths.model_dir(ctx.name)
     about = model_metadata(ctx.meta, float(train.x.max()))
     extra = {"study": best["study"], "model": ctx.name, **about}
@@ -110,6 +108,21 @@ def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict | N
     logged = {**{f"val_{k}": v for k, v in val_metrics.items()}, "train_seconds": train_seconds}
     _log_final(ctx, model, best, tags, logged, run_record, result.history, val, about, weights_md5)
     return metrics
+
+
+def describe_run(ctx: ModelContext, result, best: dict, counted: nn.Module) -> dict:
+    """train.json's ``train`` block: epochs, device, thread count (float results depend on
+    it), the params trained with and the size of ``counted``. ``result`` is a fit result
+    (``best_epoch``, ``history``)."""
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "device": ctx.device.type,
+        "threads": ctx.params.threads,
+        "lr": best["lr"],
+        "weight_decay": best["weight_decay"],
+        "n_parameters": sum(t.numel() for t in counted.parameters()),
+    }
 
 
 def model_metadata(meta: dict, input_max: float) -> dict:
