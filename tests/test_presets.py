@@ -28,8 +28,9 @@ def test_every_shipped_preset_applies_and_validates(name: str, params_copy: Path
         merged["datasets"]["tabular"]
         == yaml.safe_load((REPO / "params.yaml").read_text())["datasets"]["tabular"]
     )  # merged key by key
-    if "classifiers" in preset:
-        assert list(merged["classifiers"]) == list(preset["classifiers"])  # replaced whole
+    for group in ("classifiers", "regressors", "generators"):
+        if group in preset:  # replaced whole
+            assert list(merged[group]) == list(preset[group])
     assert merged["seed"] == yaml.safe_load((REPO / "params.yaml").read_text())["seed"]
     assert "# drives python/numpy/torch" in params_copy.read_text()  # comments kept
     load_params(params_copy)

@@ -1,7 +1,7 @@
 """Named params overlays in presets/<name>.yaml, merged into params.yaml.
 
-Mappings merge key by key, except ``models``, which a preset replaces whole (it picks its
-models). The result is validated before params.yaml is rewritten, comments kept.
+Mappings merge key by key, except the model groups (``classifiers``, ``regressors``,
+``generators``), which a preset replaces whole: it picks its models, ``{}`` for none. The result is validated before params.yaml is rewritten, comments kept.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from reprolab.config import ParamsError, validate_params
 from reprolab.io import atomic_path
 
 PRESETS = Path("presets")
-REPLACED_WHOLE = {"classifiers", "regressors"}
+REPLACED_WHOLE = {"classifiers", "regressors", "generators"}
 
 
 def preset_names(folder: Path = PRESETS) -> list[str]:
