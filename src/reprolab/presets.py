@@ -1,7 +1,8 @@
 """Named params overlays in presets/<name>.yaml, merged into params.yaml.
 
 Mappings merge key by key, except the model groups (``classifiers``, ``regressors``,
-``generators``), which a preset replaces whole: it picks its models, ``{}`` for none. The result is validated before params.yaml is rewritten, comments kept.
+``generators``), which a preset replaces whole: it picks its models, ``{}`` for none. The
+result is validated before params.yaml is rewritten, comments kept.
 """
 
 from __future__ import annotations
