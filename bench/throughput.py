@@ -6,7 +6,7 @@ In one process, on the same synthetic data and the same architecture (reprolab's
 - seed:    the tutorials' way: a Dataset of PIL images, per-sample ToTensor + Normalize,
            DataLoader at batch 4 (timed on a subset; it is slow);
 - minimal: a plain hand-written loop over pre-normalised float tensors in memory, batch 128;
-- engine:  ``reprolab.engine.fit`` at batch 128 with everything on: uint8 data on the device,
+- engine:  ``reprolab.learn.engine.fit`` at batch 128 with everything on: uint8 data on the device,
            a validation pass per epoch, early stopping and best-weights checkpoints, a
            progress bar, and an on_epoch callback logging to MLflow (SQLite) and reporting
            to Optuna (SQLite) like the tune stage does.
@@ -55,7 +55,7 @@ def synthetic(n: int, shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, 
 
 def core_model(arch: str, shape: tuple[int, ...]) -> nn.Module:
     """The architecture without reprolab's Standardize: the loops normalise themselves."""
-    from reprolab import registry
+    from reprolab.core import registry
 
     module = registry.model_module(arch)
     torch.manual_seed(0)
@@ -126,7 +126,7 @@ class EpochLogger:
     def __init__(self, store: Path, name: str) -> None:
         import optuna
 
-        from reprolab.tracking import Tracker
+        from reprolab.tracking.runs import Tracker
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.tracker = Tracker("bench", name, "bench")
@@ -154,10 +154,10 @@ class EpochLogger:
 def engine_loop(
     arch: str, x: torch.Tensor, y: torch.Tensor, val: tuple, epochs: int, store: Path
 ) -> tuple[float, float, float]:
-    """reprolab.engine.fit with everything on; returns (images/s, mlflow share, optuna share)."""
-    from reprolab.config import ModelSpec, TrainParams
-    from reprolab.data.tensors import TensorData
-    from reprolab.engine import fit, make_optimizer
+    """learn.engine.fit with everything on; returns (images/s, mlflow share, optuna share)."""
+    from reprolab.core.schema import ModelSpec, TrainParams
+    from reprolab.learn.engine import fit, make_optimizer
+    from reprolab.learn.tensors import TensorData
     from reprolab.models._base import ModelSpec as ArchSpec
     from reprolab.models._base import build_model
 

@@ -1,21 +1,21 @@
 """Stage baselines@<kind>: scikit-learn baselines for ``datasets.<kind>``, each with its
 regularisation chosen on the validation split (test is never read here)."""
 
-from reprolab.stage import run_stage
+from reprolab.core.stage import run_stage
 
 
 def main(params, args) -> None:
     import numpy as np
 
-    from reprolab import paths
-    from reprolab.baselines import (
+    from reprolab.core import paths
+    from reprolab.core.schema import BASELINE_TASK
+    from reprolab.learn.baselines import (
         log_baselines,
         save_baselines,
         select_baselines,
         write_selection,
     )
-    from reprolab.config import BASELINE_TASK
-    from reprolab.tracking import stage_tags
+    from reprolab.tracking.runs import stage_tags
 
     task = BASELINE_TASK[args.kind]
     splits = {}

@@ -1,11 +1,11 @@
 """Stage download@<kind>: the original files of ``datasets.<kind>``, checksummed, under
 data/raw/<dataset>/."""
 
-from reprolab.stage import run_stage
+from reprolab.core.stage import run_stage
 
 
 def main(params, args) -> None:
-    from reprolab import paths
+    from reprolab.core import paths
     from reprolab.data.fetch import fetch_dataset
 
     dataset = getattr(params.datasets, args.kind)

@@ -1,6 +1,6 @@
 """Stage evaluate_baselines@<kind>: the one test evaluation of the chosen baselines."""
 
-from reprolab.stage import run_stage
+from reprolab.core.stage import run_stage
 
 
 def main(params, args) -> None:
@@ -8,11 +8,11 @@ def main(params, args) -> None:
 
     import numpy as np
 
-    from reprolab import paths
-    from reprolab.baselines import FILE, evaluate_baselines, log_baselines
-    from reprolab.config import BASELINE_TASK
-    from reprolab.io import md5_file, write_json
-    from reprolab.tracking import stage_tags
+    from reprolab.core import paths
+    from reprolab.core.io import md5_file, write_json
+    from reprolab.core.schema import BASELINE_TASK
+    from reprolab.learn.baselines import FILE, evaluate_baselines, log_baselines
+    from reprolab.tracking.runs import stage_tags
 
     task = BASELINE_TASK[args.kind]
     with np.load(paths.split_file(args.kind, "test")) as data:

@@ -2,12 +2,12 @@
 ranked by validation metric, with figures; the best network of each group's registered
 version gets the MLflow alias ``champion``."""
 
-from reprolab.stage import run_stage
+from reprolab.core.stage import run_stage
 
 
 def main(params, args) -> None:
-    from reprolab.report import champion_weights_md5, write_report
-    from reprolab.tracking import promote_champion
+    from reprolab.report.leaderboard import champion_weights_md5, write_report
+    from reprolab.tracking.runs import promote_champion
 
     for section, rows in write_report(params):
         networks = [r["model"] for r in rows if r["arch"] != "scikit-learn baseline"]

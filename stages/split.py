@@ -1,11 +1,11 @@
 """Stage split@<kind>: stratified (classes) or plain (regression), seeded train/val/test
 files of ``datasets.<kind>`` under data/splits/<kind>/."""
 
-from reprolab.stage import run_stage
+from reprolab.core.stage import run_stage
 
 
 def main(params, args) -> None:
-    from reprolab import paths
+    from reprolab.core import paths
     from reprolab.data.fetch import load_raw
     from reprolab.data.split import write_splits
 

@@ -1,20 +1,21 @@
 """Stage train@<model>: final training with the tuned params; model, curves, val metrics."""
 
-from reprolab.stage import run_stage
+from reprolab.core.stage import run_stage
 
 
 def main(params, args) -> None:
     import json
 
-    from reprolab import distributed, paths
-    from reprolab.tracking import stage_tags
+    from reprolab.core import paths
+    from reprolab.learn import distributed
+    from reprolab.tracking.runs import stage_tags
 
     if params.task_of(args.model) == "generative":  # one process (no train.launcher)
-        from reprolab.generative import GanContext as Context
-        from reprolab.generative import train_gan as train
+        from reprolab.learn.tasks.generation import GanContext as Context
+        from reprolab.learn.tasks.generation import train_gan as train
     else:
-        from reprolab.context import ModelContext as Context
-        from reprolab.training import train_final as train
+        from reprolab.learn.checkpoints import train_final as train
+        from reprolab.learn.context import ModelContext as Context
 
     distributed.init_from_env(params.device)  # under torchrun (train.launcher); else no-op
     try:

@@ -1,14 +1,14 @@
 """Stage tune@<model>: Optuna search of lr and weight decay on the validation split (a
 generator's objective: the Fréchet distance in its scorer's features)."""
 
-from reprolab.stage import run_stage
+from reprolab.core.stage import run_stage
 
 
 def main(params, args) -> None:
-    from reprolab import paths
-    from reprolab.io import write_json, write_tsv
-    from reprolab.tracking import stage_tags
-    from reprolab.tuning import model_context, tune_model
+    from reprolab.core import paths
+    from reprolab.core.io import write_json, write_tsv
+    from reprolab.tracking.runs import stage_tags
+    from reprolab.tuning.worker import model_context, tune_model
 
     ctx = model_context(params, args.model)
     tags = stage_tags(ctx.device.type, params.threads, ctx.data_md5(("train", "val")))

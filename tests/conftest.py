@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reprolab.checkout import copy_sources
+from reprolab.core.checkout import copy_sources
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from conftest import REPO, clean_env, deep_merge
 
-from reprolab.config import ParamsError, load_params, validate_params
+from reprolab.core.errors import ParamsError
+from reprolab.core.params import load_params, validate_params
 
 DEFAULT = yaml.safe_load((REPO / "params.yaml").read_text())
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reprolab.data.fetch import DataError, fetch_dataset, load_raw
+from reprolab.core.errors import DataError
+from reprolab.core.io import atomic_path, md5_file
+from reprolab.data.fetch import fetch_dataset, load_raw
 from reprolab.data.sources import digits
 from reprolab.data.split import channel_stats, split_indices, write_splits
-from reprolab.io import atomic_path, md5_file
 
 
 def test_digits_fetch_verifies_and_loads(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import clean_env, copy_repo, run, set_params, stages_run
 
-from reprolab.training import load_model
+from reprolab.learn.checkpoints import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -7,18 +7,11 @@ import math
 import pytest
 import torch
 
-from reprolab import engine
-from reprolab.config import ModelSpec, TrainParams
-from reprolab.data.tensors import TensorData
-from reprolab.engine import (
-    DeviceError,
-    DivergedError,
-    augment_images,
-    evaluate_loss,
-    fit,
-    make_optimizer,
-    select_device,
-)
+from reprolab.core.errors import DeviceError, DivergedError
+from reprolab.core.schema import ModelSpec, TrainParams
+from reprolab.learn import engine
+from reprolab.learn.engine import augment_images, evaluate_loss, fit, make_optimizer, select_device
+from reprolab.learn.tensors import TensorData
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models._base import build_model
 

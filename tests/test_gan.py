@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from reprolab.features import FrechetScorer, PenultimateFeatures, gaussian_stats
-from reprolab.gan import fit_gan, generate, grid_image, validation_noise, write_sample_grid
-from reprolab.metrics import frechet_distance
+from reprolab.core.errors import ModelBuildError
+from reprolab.learn.features import FrechetScorer, PenultimateFeatures, gaussian_stats
+from reprolab.learn.gan import fit_gan, generate, grid_image, validation_noise, write_sample_grid
+from reprolab.learn.metrics import frechet_distance
 from reprolab.models import dcgan
-from reprolab.models._base import ModelBuildError, ModelSpec, build_model
+from reprolab.models._base import ModelSpec, build_model
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_brief_training_lowers_fid_and_restores_the_best_epoch(one_thread) -> No
 
 
 def test_nan_data_raises_diverged(one_thread) -> None:
-    from reprolab.engine import DivergedError
+    from reprolab.core.errors import DivergedError
 
     train = bars(64, 0).float()
     train[0, 0, 0, 0] = float("nan")
@@ -209,7 +210,8 @@ def test_generators_in_params_are_checked() -> None:
     import yaml
     from conftest import REPO
 
-    from reprolab.config import ParamsError, validate_params
+    from reprolab.core.errors import ParamsError
+    from reprolab.core.params import validate_params
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     assert validate_params(raw).generators["dcgan"].scorer.model == "cnn"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from reprolab import cli, paths
+from reprolab import cli
+from reprolab.core import paths
 from reprolab.data.fetch import fetch_dataset, load_raw
 from reprolab.data.split import write_splits
 

@@ -13,7 +13,7 @@ from sklearn.metrics import (
     r2_score,
 )
 
-from reprolab.metrics import classification_metrics, confusion_counts, regression_metrics
+from reprolab.learn.metrics import classification_metrics, confusion_counts, regression_metrics
 
 
 def test_metrics_match_scikit_learn() -> None:

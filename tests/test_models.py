@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reprolab import registry
+from reprolab.core import registry
 from reprolab.models._base import ModelSpec, build_model
 
 # The classifiers and regressors (a generative arch, noise in and images out, has its
@@ -120,8 +120,8 @@ def test_resnet18_freeze_trains_only_the_head() -> None:
 
 
 def test_resnet18_backbone_gets_a_smaller_learning_rate() -> None:
-    from reprolab.config import ModelSpec as Spec
-    from reprolab.engine import make_optimizer
+    from reprolab.core.schema import ModelSpec as Spec
+    from reprolab.learn.engine import make_optimizer
 
     options = {"freeze": "none", "backbone_lr_factor": 0.1}
     model = resnet(options)
@@ -144,7 +144,7 @@ def test_resnet18_loads_a_local_pth_with_rgb_filters_summed_for_grey(tmp_path) -
 
 
 def test_resnet18_missing_weights_file_is_named(tmp_path) -> None:
-    from reprolab.models._base import ModelBuildError
+    from reprolab.core.errors import ModelBuildError
 
     with pytest.raises(ModelBuildError, match="options.weights: file .*nope.pth"):
         resnet({"weights": str(tmp_path / "nope.pth")})
@@ -152,10 +152,10 @@ def test_resnet18_missing_weights_file_is_named(tmp_path) -> None:
 
 @pytest.mark.parametrize("arch", IMAGE_ARCHS)
 def test_each_arch_trains_briefly(arch: str) -> None:
-    from reprolab.config import ModelSpec as Spec
-    from reprolab.config import TrainParams
-    from reprolab.data.tensors import TensorData
-    from reprolab.engine import fit, make_optimizer
+    from reprolab.core.schema import ModelSpec as Spec
+    from reprolab.core.schema import TrainParams
+    from reprolab.learn.engine import fit, make_optimizer
+    from reprolab.learn.tensors import TensorData
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(64) % 4
@@ -180,10 +180,10 @@ def test_each_arch_trains_briefly(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", TABULAR_ARCHS)
 def test_each_tabular_arch_learns_a_regression_with_rmsle(arch: str) -> None:
-    from reprolab.config import ModelSpec as Spec
-    from reprolab.config import TrainParams
-    from reprolab.data.tensors import TensorData
-    from reprolab.engine import evaluate_loss, fit, make_optimizer
+    from reprolab.core.schema import ModelSpec as Spec
+    from reprolab.core.schema import TrainParams
+    from reprolab.learn.engine import evaluate_loss, fit, make_optimizer
+    from reprolab.learn.tensors import TensorData
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(256, 10, generator=g)

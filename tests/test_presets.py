@@ -9,8 +9,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from reprolab.config import ParamsError, load_params
-from reprolab.presets import apply_preset, preset_names
+from reprolab.core.errors import ParamsError
+from reprolab.core.params import load_params
+from reprolab.core.presets import apply_preset, preset_names
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reprolab.config import validate_params
-from reprolab.io import write_json, write_text
-from reprolab.report import write_report
+from reprolab.core.io import write_json, write_text
+from reprolab.core.params import validate_params
+from reprolab.report.leaderboard import write_report
 
 TRIALS = "trial\tstate\tvalue\tlr\tweight_decay\tepochs\n" + "".join(
     f"{i}\t{s}\t{v}\t{lr}\t{wd}\t2\n"

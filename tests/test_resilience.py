@@ -20,8 +20,9 @@ import torch
 import yaml
 from conftest import TINY_PARAMS, clean_env, copy_repo, run, set_params, stages_run
 
+from reprolab.core.errors import CheckpointError
+from reprolab.learn.checkpoints import load_model, save_model
 from reprolab.models._base import ModelSpec, build_model
-from reprolab.training import CheckpointError, load_model, save_model
 
 
 def every_md5(repo: Path) -> dict[str, str]:

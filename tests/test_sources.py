@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from torchvision.datasets import CIFAR10
 
-from reprolab.data.fetch import DataError, fetch_dataset, load_raw
+from reprolab.core.errors import DataError
+from reprolab.data.fetch import fetch_dataset, load_raw
 from reprolab.data.sources import cifar10, fashion_mnist, kmnist, mnist
 from reprolab.data.split import write_splits
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reprolab.data.fetch import DataError, fetch_dataset, load_raw
+from reprolab.core.errors import DataError
+from reprolab.data.fetch import fetch_dataset, load_raw
 from reprolab.data.sources import california_housing
 from reprolab.data.split import write_splits
 

@@ -14,8 +14,8 @@ import optuna
 import pytest
 from conftest import clean_env, run, set_params
 
-from reprolab.io import file_lock
-from reprolab.tuning import HEARTBEAT_S
+from reprolab.core.io import file_lock
+from reprolab.tuning.worker import HEARTBEAT_S
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reprolab.config import GROUPS, ParamsError, load_params
+from reprolab.core.errors import ReprolabError
+from reprolab.core.params import load_params
+from reprolab.core.schema import GROUPS
 
 
 def check(args: argparse.Namespace) -> None:
@@ -23,9 +25,9 @@ def lr_find(args: argparse.Namespace) -> None:
     """Learning-rate range test of a model on the train split (run `dvc repro split` first)."""
     from pathlib import Path
 
-    from reprolab.context import ModelContext
-    from reprolab.io import atomic_path, write_json, write_tsv
-    from reprolab.lr_find import lr_range_test, plot_range_test
+    from reprolab.core.io import atomic_path, write_json, write_tsv
+    from reprolab.learn.context import ModelContext
+    from reprolab.learn.lr_find import lr_range_test, plot_range_test
 
     params = load_params(args.params, options_of=[args.model])
     ctx = ModelContext(params, args.model)
@@ -60,7 +62,7 @@ def preset(args: argparse.Namespace) -> None:
     """Merge presets/<name>.yaml into params.yaml (validated; comments kept)."""
     from pathlib import Path
 
-    from reprolab.presets import apply_preset
+    from reprolab.core.presets import apply_preset
 
     merged = apply_preset(args.name, Path(args.params))
     models = [m for group in GROUPS for m in merged.get(group, {})]
@@ -69,7 +71,7 @@ def preset(args: argparse.Namespace) -> None:
 
 def predict(args: argparse.Namespace) -> None:
     """Print a model's prediction for each image file or CSV row."""
-    from reprolab.prediction import load_predictor, predict_files
+    from reprolab.predict import load_predictor, predict_files
 
     predictor = load_predictor(args.model, args.flavor)
     print("input\tprediction\tprobability")
@@ -82,8 +84,8 @@ def tune_worker(args: argparse.Namespace) -> None:
     more processes or on more machines sharing the study storage)."""
     import os
 
-    from reprolab.tracking import stage_tags
-    from reprolab.tuning import model_context, run_worker, storage_url, study_name
+    from reprolab.tracking.runs import stage_tags
+    from reprolab.tuning.worker import model_context, run_worker, storage_url, study_name
 
     params = load_params(args.params, options_of=[args.model])
     ctx = model_context(params, args.model)
@@ -98,8 +100,6 @@ def tune_worker(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from reprolab.prediction import PredictError
-
     parser = argparse.ArgumentParser(prog="reprolab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help=check.__doc__)
@@ -140,14 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ParamsError, PredictError, ValueError, FileNotFoundError) as err:
+    except ReprolabError as err:
         sys.exit(f"error: {err}")
-    except Exception as err:
-        from reprolab.stage import expected_errors
-
-        if isinstance(err, expected_errors()):
-            sys.exit(f"error: {err}")
-        raise
+    except KeyboardInterrupt:
+        sys.exit(f"reprolab {args.command}: interrupted")
 
 
 if __name__ == "__main__":

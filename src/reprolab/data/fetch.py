@@ -14,14 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from reprolab import registry
-from reprolab.io import atomic_dir, file_checksum
-from reprolab.paths import workspace_root
-
-
-class DataError(RuntimeError):
-    """A dataset file is missing, corrupt, or holds data the pipeline cannot use."""
-
+from reprolab.core import registry
+from reprolab.core.errors import DataError
+from reprolab.core.io import atomic_dir, file_checksum
+from reprolab.core.paths import workspace_root
 
 CACHE = Path.home() / ".cache" / "reprolab"
 

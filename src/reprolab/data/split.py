@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from reprolab.data.fetch import Arrays, DataError
-from reprolab.io import atomic_path, write_json
+from reprolab.core.errors import DataError
+from reprolab.core.io import atomic_path, write_json
+from reprolab.data.fetch import Arrays
 
 SPLITS = ("train", "val", "test")
 

@@ -13,11 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from reprolab import registry
-
-
-class ModelBuildError(RuntimeError):
-    """An architecture cannot be built as configured (e.g. its weights are unavailable)."""
+from reprolab.core import registry
 
 
 class StrictOptions(BaseModel):

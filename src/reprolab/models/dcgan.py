@@ -21,7 +21,8 @@ from __future__ import annotations
 from pydantic import Field
 from torch import nn
 
-from reprolab.models._base import ModelBuildError, StrictOptions
+from reprolab.core.errors import ModelBuildError
+from reprolab.models._base import StrictOptions
 
 TASK = "generative"  # not a classifier: build() gives a DCGAN, forward(noise) -> images
 INPUTS = ("image",)

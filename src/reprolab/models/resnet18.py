@@ -20,7 +20,8 @@ from pydantic import Field
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-from reprolab.models._base import ModelBuildError, StrictOptions
+from reprolab.core.errors import ModelBuildError
+from reprolab.models._base import StrictOptions
 
 INPUTS = ("image",)  # convolutions over (C, H, W) images
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reprolab.core.errors import DataError
 from reprolab.data.fetch import Arrays, download_to_cache
 
 KIND = "tabular"
@@ -42,7 +43,7 @@ def load(raw_dir: Path) -> Arrays:
     with tarfile.open(raw_dir / "cal_housing.tgz") as archive:
         member = archive.extractfile(MEMBER)
         if member is None:
-            raise FileNotFoundError(f"{raw_dir / 'cal_housing.tgz'}: no {MEMBER} inside")
+            raise DataError(f"{raw_dir / 'cal_housing.tgz'}: no {MEMBER} inside")
         table = np.loadtxt(member, delimiter=",")
     # The archive's column order, rearranged as scikit-learn's fetcher does.
     table = table[:, [8, 7, 2, 3, 4, 5, 6, 1, 0]]

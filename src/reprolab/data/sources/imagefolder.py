@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reprolab.data.fetch import Arrays, DataError
+from reprolab.core.errors import DataError
+from reprolab.data.fetch import Arrays
 
 FILES: dict[str, str] = {}  # a user's own tree: DVC hashes every copied file instead
 OPTIONS_FILE = "imagefolder.json"

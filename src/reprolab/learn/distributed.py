@@ -40,7 +40,7 @@ def init_from_env(device: str) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return
     if device == "mps":
-        from reprolab.engine import DeviceError
+        from reprolab.core.errors import DeviceError
 
         raise DeviceError("device: 'mps' cannot train under torchrun; use 'cpu' or 'cuda'")
     cuda = device in ("auto", "cuda") and torch.cuda.is_available()

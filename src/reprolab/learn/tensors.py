@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reprolab.core.errors import DataError
+
 
 @dataclass
 class TensorData:
@@ -26,11 +28,27 @@ class TensorData:
         return self.x.index_select(0, index).float(), self.y.index_select(0, index)
 
 
+def _missing(path: Path) -> DataError:
+    kind = path.parent.name
+    return DataError(f"{path}: not found; run `dvc repro split@{kind}` first")
+
+
 def load_split(path: Path, device: torch.device) -> TensorData:
-    with np.load(path) as data:
-        x, y = data["x"], data["y"]
+    if not path.is_file():
+        raise _missing(path)
+    try:
+        with np.load(path) as data:
+            x, y = data["x"], data["y"]
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(
+            f"{path}: unreadable ({type(err).__name__}: {err}); rerun `dvc repro split@"
+            f"{path.parent.name}` (or `dvc checkout` it)"
+        ) from None
     return TensorData(x=torch.from_numpy(x).to(device), y=torch.from_numpy(y).to(device))
 
 
 def load_meta(split_dir: Path) -> dict:
-    return json.loads((split_dir / "meta.json").read_text())
+    path = split_dir / "meta.json"
+    if not path.is_file():
+        raise _missing(path)
+    return json.loads(path.read_text())

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from reprolab import paths
+from reprolab.core import paths
 
 # What a run writes (DVC outputs and the lock): never part of a fresh copy of the sources.
 OUTPUTS = (

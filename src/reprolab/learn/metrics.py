@@ -1,5 +1,5 @@
 """Classification and regression metrics computed once, after the loop, from gathered outputs,
-and the Fréchet distance between two Gaussians (the generative score; see reprolab.features).
+and the Fréchet distance between two Gaussians (the generative score; see reprolab.learn.features).
 
 Plain numpy (checked against scikit-learn in tests/test_metrics.py): importing
 sklearn.metrics costs ~1.7 s in every stage process, more than the metrics themselves.

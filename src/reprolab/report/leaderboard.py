@@ -12,11 +12,11 @@ import html
 import json
 from dataclasses import dataclass
 
-from reprolab import paths
-from reprolab.config import Params
-from reprolab.figures import draw_figures
-from reprolab.io import atomic_dir, write_text
-from reprolab.tracking import CHAMPION, logged_metrics, registered_name
+from reprolab.core import paths
+from reprolab.core.io import atomic_dir, write_text
+from reprolab.core.schema import Params
+from reprolab.report.figures import draw_figures
+from reprolab.tracking.runs import CHAMPION, logged_metrics, registered_name
 
 FIGURES_DIR = "figures"
 

@@ -24,9 +24,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reprolab.engine import DivergedError, configure_backends
-from reprolab.features import FrechetScorer
-from reprolab.io import atomic_path
+from reprolab.core.errors import DivergedError
+from reprolab.core.io import atomic_path
+from reprolab.learn.engine import configure_backends
+from reprolab.learn.features import FrechetScorer
 from reprolab.models.dcgan import DCGAN
 
 EpochCallback = Callable[[int, dict[str, float]], None]

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from reprolab.core.errors import PredictError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-class PredictError(ValueError):
-    """A model or input file that cannot be used; the message names it."""
 
 
 @dataclass
@@ -47,7 +45,8 @@ def load_predictor(ref: str, flavor: str = "auto") -> Predictor:
 def _load_folder(folder: Path) -> Predictor:
     import torch
 
-    from reprolab.training import CheckpointError, load_model
+    from reprolab.core.errors import CheckpointError
+    from reprolab.learn.checkpoints import load_model
 
     if not folder.is_dir():
         raise PredictError(
@@ -76,7 +75,7 @@ def _load_folder(folder: Path) -> Predictor:
 def _load_mlflow(uri: str, flavor: str) -> Predictor:
     import mlflow
 
-    from reprolab.tracking import tracking_uri
+    from reprolab.tracking.runs import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from reprolab.config import Params
+from reprolab.core.schema import Params
 
 DPI = 100
 RC = {"font.family": "DejaVu Sans", "font.size": 9, "svg.hashsalt": "reprolab"}

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reprolab.metrics import (
+from reprolab.learn.metrics import (
     classification_metrics,
     confusion_counts,
     confusion_rows,

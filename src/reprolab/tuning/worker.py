@@ -39,12 +39,13 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from reprolab.config import Params
-from reprolab.context import ModelContext
-from reprolab.engine import DivergedError, EpochCallback, fit, make_optimizer
-from reprolab.io import file_lock
-from reprolab.paths import workspace_root
-from reprolab.tracking import Tracker, flatten
+from reprolab.core.errors import DivergedError
+from reprolab.core.io import file_lock
+from reprolab.core.paths import workspace_root
+from reprolab.core.schema import Params
+from reprolab.learn.context import ModelContext
+from reprolab.learn.engine import EpochCallback, fit, make_optimizer
+from reprolab.tracking.runs import Tracker, flatten
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Heartbeats and stale-trial retry are the documented resume pattern; optuna still flags
@@ -228,10 +229,10 @@ TrialFit = Callable[[float, float, EpochCallback, str], tuple[float, int]]
 
 def trial_fitter(ctx: ModelContext) -> tuple[TrialFit, str]:
     """How a trial of ``ctx``'s model trains, and the per-epoch value it minimises:
-    engine.fit and ``val_loss``, or (a generator) reprolab.generative's GAN loop and
+    engine.fit and ``val_loss``, or (a generator) reprolab.learn.tasks.generation's GAN loop and
     ``val_fid``."""
     if ctx.task == "generative":
-        from reprolab.generative import gan_trial_fitter
+        from reprolab.learn.tasks.generation import gan_trial_fitter
 
         return gan_trial_fitter(ctx), "val_fid"
     train, val = ctx.load("train"), ctx.load("val")
@@ -260,7 +261,7 @@ def trial_fitter(ctx: ModelContext) -> tuple[TrialFit, str]:
 
 def model_context(params: Params, model: str) -> ModelContext:
     if params.task_of(model) == "generative":
-        from reprolab.generative import GanContext
+        from reprolab.learn.tasks.generation import GanContext
 
         return GanContext(params, model)
     return ModelContext(params, model)

@@ -12,20 +12,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reprolab import distributed, paths
-from reprolab.context import ModelContext
-from reprolab.engine import fit, make_optimizer, predict
-from reprolab.io import atomic_path, write_json, write_tsv
+from reprolab.core import paths
+from reprolab.core.errors import CheckpointError
+from reprolab.core.io import atomic_path, write_json, write_tsv
+from reprolab.learn import distributed
+from reprolab.learn.context import ModelContext
+from reprolab.learn.engine import fit, make_optimizer, predict
+from reprolab.learn.tasks.supervised import TASKS
 from reprolab.models._base import ModelSpec, build_model
-from reprolab.tasks import TASKS
-from reprolab.tracking import Tracker, flatten, registered_name
+from reprolab.tracking.runs import Tracker, flatten, registered_name
 
 MODEL_FILE = "model.pt"
 SPEC_FILE = "model.json"
-
-
-class CheckpointError(RuntimeError):
-    """A model file is missing or unreadable."""
 
 
 def save_model(model: nn.Module, spec: ModelSpec, folder: Path, extra: dict) -> str:

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reprolab.io import atomic_path, write_json
-from reprolab.tasks import TASKS
+from reprolab.core.errors import CheckpointError
+from reprolab.core.io import atomic_path, write_json
+from reprolab.learn.tasks.supervised import TASKS
 
 # name -> (task, hyperparameter, grid)
 GRIDS: dict[str, tuple[str, str, list[float]]] = {
@@ -163,12 +164,12 @@ def load_baselines(folder: Path) -> dict:
 
     path = folder / FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run `dvc repro` (stage baselines@...) first")
+        raise CheckpointError(f"{path}: not found; run `dvc repro` (stage baselines@...) first")
     data = path.read_bytes()
     untrusted = sio.get_untrusted_types(data=data)
     unexpected = [t for t in untrusted if not t.startswith(("sklearn.", "numpy."))]
     if unexpected:
-        raise ValueError(f"{path}: holds types outside scikit-learn/numpy: {unexpected}")
+        raise CheckpointError(f"{path}: holds types outside scikit-learn/numpy: {unexpected}")
     return sio.loads(data, trusted=untrusted)
 
 
@@ -208,7 +209,7 @@ def log_baselines(
     """One MLflow run per baseline in the dataset's experiment (role ``baseline``), found
     again by tags: the baselines stage logs its choice and val metrics, the evaluate stage
     the test metrics and closes it. ``identity`` (the skops file's md5) ties the two."""
-    from reprolab.tracking import TAG_MODEL, TAG_ROLE, TAG_STUDY, Tracker
+    from reprolab.tracking.runs import TAG_MODEL, TAG_ROLE, TAG_STUDY, Tracker
 
     for name, values in metrics.items():
         tracker = Tracker(dataset, name, identity)

@@ -6,7 +6,7 @@ metrics/<name>/train.json and test.json, plots/trials/<name>.tsv) plus its curve
 (plots/gan/<name>.tsv) and a sample grid (plots/samples/<name>.png). Its score, tuned and
 selected on the validation split and measured once on the test split, is the Fréchet
 distance between real and generated images in the features of the trained classifier
-``scorer`` (reprolab.features says why and what that limits); lower is better. Each split is
+``scorer`` (reprolab.learn.features says why and what that limits); lower is better. Each split is
 compared with as many generated images as it holds, from a fixed noise, so epochs, trials and
 reruns differ by the generator alone. Budgets: ``tune`` and ``train`` with the generator's
 ``budget`` (tune.epochs per trial, train.max_epochs, train.patience on the distance).
@@ -22,24 +22,24 @@ from pathlib import Path
 
 import torch
 
-from reprolab import paths, registry
-from reprolab.context import ModelContext
-from reprolab.engine import EpochCallback
-from reprolab.features import FrechetScorer, load_classifier
-from reprolab.gan import fit_gan, fixed_noise, generate, sampler, write_sample_grid
-from reprolab.io import write_json, write_tsv
-from reprolab.models._base import ModelSpec as ArchSpec
-from reprolab.models.dcgan import DCGAN
-from reprolab.tracking import Tracker
-from reprolab.training import (
+from reprolab.core import paths, registry
+from reprolab.core.errors import CheckpointError
+from reprolab.core.io import write_json, write_tsv
+from reprolab.learn.checkpoints import (
     SPEC_FILE,
-    CheckpointError,
     describe_run,
     load_model,
     log_final_model,
     save_model,
 )
-from reprolab.tuning import TrialFit
+from reprolab.learn.context import ModelContext
+from reprolab.learn.engine import EpochCallback
+from reprolab.learn.features import FrechetScorer, load_classifier
+from reprolab.learn.gan import fit_gan, fixed_noise, generate, sampler, write_sample_grid
+from reprolab.models._base import ModelSpec as ArchSpec
+from reprolab.models.dcgan import DCGAN
+from reprolab.tracking.runs import Tracker
+from reprolab.tuning.worker import TrialFit
 
 TEST_NOISE_SEED_OFFSET = 3  # the test split's noise: apart from validation's and the grid's
 GRID_SAMPLES = 64

@@ -19,8 +19,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from reprolab.io import file_lock
-from reprolab.paths import workspace_root
+from reprolab.core.io import file_lock
+from reprolab.core.paths import workspace_root
 
 TAG_MODEL = "reprolab.model"
 TAG_STUDY = "reprolab.study"

@@ -8,14 +8,14 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from reprolab import paths
-from reprolab.config import ModelSpec, Params, TrainParams, TuneParams
-from reprolab.data.tensors import TensorData, load_meta, load_split
-from reprolab.engine import seed_everything, select_device
-from reprolab.io import md5_file
+from reprolab.core import paths
+from reprolab.core.io import md5_file
+from reprolab.core.schema import ModelSpec, Params, TrainParams, TuneParams
+from reprolab.learn.engine import seed_everything, select_device
+from reprolab.learn.tasks.supervised import TASKS
+from reprolab.learn.tensors import TensorData, load_meta, load_split
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models._base import build_model
-from reprolab.tasks import TASKS
 
 
 @dataclass

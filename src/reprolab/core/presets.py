@@ -12,8 +12,9 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from reprolab.config import ParamsError, validate_params
-from reprolab.io import atomic_path
+from reprolab.core.errors import ParamsError
+from reprolab.core.io import atomic_path
+from reprolab.core.params import validate_params
 
 PRESETS = Path("presets")
 REPLACED_WHOLE = {"classifiers", "regressors", "generators"}

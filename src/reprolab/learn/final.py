@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from reprolab import paths
-from reprolab.context import ModelContext
-from reprolab.engine import predict
-from reprolab.io import write_json, write_tsv
-from reprolab.tasks import TASKS
-from reprolab.tracking import Tracker
-from reprolab.training import load_model
+from reprolab.core import paths
+from reprolab.core.io import write_json, write_tsv
+from reprolab.learn.checkpoints import load_model
+from reprolab.learn.context import ModelContext
+from reprolab.learn.engine import predict
+from reprolab.learn.tasks.supervised import TASKS
+from reprolab.tracking.runs import Tracker
 
 
 def evaluate_model(ctx: ModelContext, tags: dict[str, str]) -> dict:

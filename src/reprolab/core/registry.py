@@ -12,7 +12,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-_HERE = Path(__file__).parent
+from reprolab.core.errors import ParamsError
+
+_HERE = Path(__file__).parents[1]  # src/reprolab
 MODELS_PACKAGE = "reprolab.models"
 DATASETS_PACKAGE = "reprolab.data.sources"
 
@@ -59,8 +61,6 @@ def model_task(arch: str) -> str:
 def validate_model_options(arch: str, options: dict[str, Any], key: str) -> Any:
     """Validate ``options`` against the arch module's ``Options`` schema."""
     from pydantic import ValidationError
-
-    from reprolab.config import ParamsError
 
     module = model_module(arch)
     try:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reprolab.metrics import frechet_distance
+from reprolab.learn.metrics import frechet_distance
 
 
 class PenultimateFeatures(nn.Module):
@@ -93,7 +93,7 @@ class FrechetScorer:
 
 def load_classifier(folder: Path, device: torch.device | str) -> nn.Module:
     """The trained classifier in ``folder`` (model.json + model.pt), on ``device``."""
-    from reprolab.training import load_model
+    from reprolab.learn.checkpoints import load_model
 
     model, _ = load_model(folder, device)
     return model

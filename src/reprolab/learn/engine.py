@@ -23,20 +23,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reprolab import distributed, registry
-from reprolab.config import ModelSpec, TrainParams
-from reprolab.data.tensors import TensorData
-from reprolab.tasks import TASKS
+from reprolab.core import registry
+from reprolab.core.errors import DeviceError, DivergedError
+from reprolab.core.schema import ModelSpec, TrainParams
+from reprolab.learn import distributed
+from reprolab.learn.tasks.supervised import TASKS
+from reprolab.learn.tensors import TensorData
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-
-
-class DeviceError(RuntimeError):
-    """The requested device is not available on this machine."""
-
-
-class DivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 def select_device(name: str) -> torch.device:
@@ -249,7 +243,7 @@ def fit(
 ) -> FitResult:
     """Train with early stopping on validation loss; the best epoch's weights are restored.
 
-    ``task``: a key of reprolab.tasks.TASKS (its loss and validation score).
+    ``task``: a key of reprolab.learn.tasks.supervised.TASKS (its loss and validation score).
     ``progress``: show the epoch bar (None: only on a terminal).
     """
     objective = TASKS[task]

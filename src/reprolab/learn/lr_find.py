@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reprolab.config import ModelSpec
-from reprolab.data.tensors import TensorData
-from reprolab.engine import make_optimizer
-from reprolab.tasks import TASKS
+from reprolab.core.errors import ParamsError
+from reprolab.core.schema import ModelSpec
+from reprolab.learn.engine import make_optimizer
+from reprolab.learn.tasks.supervised import TASKS
+from reprolab.learn.tensors import TensorData
 
 
 @dataclass
@@ -46,7 +47,7 @@ def lr_range_test(
     diverge_factor: float = 4.0,
 ) -> RangeTest:
     if not 0 < start_lr < end_lr:
-        raise ValueError(f"lr-find: need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+        raise ParamsError(f"lr-find: need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     optimizer = make_optimizer(model, spec, lr=start_lr, weight_decay=0.0)
     scales = [g["lr"] / start_lr for g in optimizer.param_groups]  # keep per-group ratios
     growth = (end_lr / start_lr) ** (1 / max(1, steps - 1))
@@ -76,7 +77,7 @@ def lr_range_test(
         if smoothed > diverge_factor * best:
             break
     if len(losses) < 3:
-        raise ValueError(f"lr-find: the loss diverged within {len(losses)} steps; lower start_lr")
+        raise ParamsError(f"lr-find: the loss diverged within {len(losses)} steps; lower start_lr")
     minimum = lrs[losses.index(min(losses))]
     logs = [math.log10(lr) for lr in lrs]
     slopes = [
