@@ -5,19 +5,13 @@ from reprolab.core.stage import run_stage
 
 
 def main(params, args) -> None:
+    from reprolab.learn.tasks import get_task
     from reprolab.tracking.runs import stage_tags
 
-    if params.task_of(args.model) == "generative":
-        from reprolab.learn.tasks.generation import GanContext, evaluate_gan
-
-        ctx, evaluate = GanContext(params, args.model), evaluate_gan
-    else:
-        from reprolab.learn.context import ModelContext
-        from reprolab.learn.final import evaluate_model
-
-        ctx, evaluate = ModelContext(params, args.model), evaluate_model
+    task = get_task(params.task_of(args.model))
+    ctx = task.context(params, args.model)
     tags = stage_tags(ctx.device.type, params.threads, ctx.data_md5(("test",)))
-    metrics = evaluate(ctx, tags)
+    metrics = task.evaluate(ctx, tags)
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(f"evaluate@{args.model}: test {shown}")
 

@@ -7,7 +7,7 @@ from reprolab.core.stage import run_stage
 
 def main(params, args) -> None:
     from reprolab.report.leaderboard import champion_weights_md5, write_report
-    from reprolab.tracking.runs import promote_champion
+    from reprolab.tracking.models import promote_champion
 
     for section, rows in write_report(params):
         networks = [r["model"] for r in rows if r["arch"] != "scikit-learn baseline"]

@@ -10,7 +10,8 @@ import torch
 from reprolab.core.errors import DeviceError, DivergedError
 from reprolab.core.schema import ModelSpec, TrainParams
 from reprolab.learn import engine
-from reprolab.learn.engine import augment_images, evaluate_loss, fit, make_optimizer, select_device
+from reprolab.learn.device import select_device
+from reprolab.learn.engine import augment_images, evaluate_loss, fit, make_optimizer
 from reprolab.learn.tensors import TensorData
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models._base import build_model
@@ -53,7 +54,7 @@ def test_early_stopping_restores_the_best_epoch() -> None:
     assert len(result.history) < 40, "noisy blobs with a high lr should stop early"
     assert len(result.history) == result.best_epoch + params.patience
     restored_loss, _ = evaluate_loss(model, blobs(96, 2))
-    assert restored_loss == pytest.approx(result.best_val_loss, rel=1e-6)
+    assert restored_loss == pytest.approx(result.best_value, rel=1e-6)
 
 
 def test_same_seed_same_history() -> None:
@@ -228,7 +229,7 @@ def test_conv_nets_train_channels_last_on_cpu_and_come_back_contiguous() -> None
     assert all(p.is_contiguous() for p in model.parameters())
     # Evaluation outside fit (contiguous) agrees with the best epoch's (channels_last) loss.
     loss, _ = evaluate_loss(model, blobs(64, 2))
-    assert loss == pytest.approx(result.best_val_loss, rel=1e-5)
+    assert loss == pytest.approx(result.best_value, rel=1e-5)
 
 
 @pytest.mark.gpu
@@ -263,4 +264,4 @@ def test_fit_runs_on_cuda_with_bf16_channels_last_and_augmentation() -> None:
     assert all(p.is_contiguous() for p in model.parameters())
     # Evaluation outside fit runs in float32 and agrees with the best epoch's loss (bf16).
     loss, _ = evaluate_loss(model, to_cuda[1])
-    assert loss == pytest.approx(result.best_val_loss, rel=0.05)
+    assert loss == pytest.approx(result.best_value, rel=0.05)

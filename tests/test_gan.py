@@ -154,10 +154,10 @@ def test_brief_training_lowers_fid_and_restores_the_best_epoch(one_thread) -> No
     )
     assert rows == result.history and len(rows) == 4
     assert set(rows[0]) == {"epoch", "loss_d", "loss_g", "d_real", "d_fake", "val_fid", "lr"}
-    assert result.best_val_fid < 0.75 * untrained, (untrained, rows)
+    assert result.best_value < 0.75 * untrained, (untrained, rows)
     # The restored generator is the best epoch's: it scores that epoch's FID again.
-    assert scorer.score(generate(model, noise, 16.0)) == pytest.approx(result.best_val_fid)
-    assert result.best_val_fid == min(r["val_fid"] for r in rows)
+    assert scorer.score(generate(model, noise, 16.0)) == pytest.approx(result.best_value)
+    assert result.best_value == min(r["val_fid"] for r in rows)
 
 
 def test_nan_data_raises_diverged(one_thread) -> None:

@@ -85,7 +85,9 @@ def tune_worker(args: argparse.Namespace) -> None:
     import os
 
     from reprolab.tracking.runs import stage_tags
-    from reprolab.tuning.worker import model_context, run_worker, storage_url, study_name
+    from reprolab.tuning.identity import study_name
+    from reprolab.tuning.storage import storage_url
+    from reprolab.tuning.worker import model_context, run_worker
 
     params = load_params(args.params, options_of=[args.model])
     ctx = model_context(params, args.model)

@@ -58,8 +58,13 @@ class SplitParams(_Strict):
 
 
 class PrunerParams(_Strict):
-    n_startup_trials: Annotated[int, Field(ge=0)] = 3
-    n_warmup_steps: Annotated[int, Field(ge=0)] = 2
+    # median: Optuna's MedianPruner; successive_halving / hyperband: multi-fidelity pruning
+    # over 1..tune.epochs (min_epochs, reduction_factor).
+    kind: Literal["median", "successive_halving", "hyperband"] = "median"
+    n_startup_trials: Annotated[int, Field(ge=0)] = 3  # median
+    n_warmup_steps: Annotated[int, Field(ge=0)] = 2  # median
+    min_epochs: PositiveInt = 1  # successive_halving, hyperband
+    reduction_factor: Annotated[int, Field(ge=2)] = 3  # successive_halving, hyperband
 
 
 class TuneParams(_Strict):

@@ -21,7 +21,7 @@ import torch
 
 from reprolab.core.errors import CheckpointError
 from reprolab.core.io import atomic_path, write_json
-from reprolab.learn.tasks.supervised import TASKS
+from reprolab.learn.objectives import OBJECTIVES
 
 # name -> (task, hyperparameter, grid)
 GRIDS: dict[str, tuple[str, str, list[float]]] = {
@@ -105,7 +105,7 @@ def select_baselines(
         scores, best = [], None
         for value in grid:
             estimator = make_estimator(name, value, seed).fit(x_train, y_train)
-            metrics = TASKS[task].metrics(outputs_of(estimator, task, x_val), y_val)
+            metrics = OBJECTIVES[task].metrics(outputs_of(estimator, task, x_val), y_val)
             scores.append({hyper: value, **metrics})
             # Best: highest accuracy (classification) or lowest RMSLE; then lowest loss.
             key = (-metrics.get("accuracy", 0.0), metrics["loss"])
@@ -193,7 +193,7 @@ def evaluate_baselines(folder: Path, test: dict, task: str, meta: dict) -> dict[
     results = {}
     for name in selection:
         outputs = outputs_of(fitted[name], task, _flat(test["x"]))
-        metrics, _ = TASKS[task].test_report(outputs, y, meta)
+        metrics, _ = OBJECTIVES[task].test_report(outputs, y, meta)
         results[name] = metrics
     return results
 

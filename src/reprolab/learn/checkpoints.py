@@ -1,26 +1,20 @@
-"""Final training with the tuned params, the model files, and their MLflow registration."""
+"""Model files: model.pt (a state dict, loaded without unpickling code) and model.json (the
+spec that rebuilds the network, plus what a caller needs to feed it)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from reprolab.core import paths
 from reprolab.core.errors import CheckpointError
-from reprolab.core.io import atomic_path, write_json, write_tsv
-from reprolab.learn import distributed
-from reprolab.learn.context import ModelContext
-from reprolab.learn.engine import fit, make_optimizer, predict
-from reprolab.learn.tasks.supervised import TASKS
+from reprolab.core.io import atomic_path, write_json
 from reprolab.models._base import ModelSpec, build_model
-from reprolab.tracking.runs import Tracker, flatten, registered_name
 
 MODEL_FILE = "model.pt"
 SPEC_FILE = "model.json"
@@ -67,62 +61,6 @@ def load_model(
     return model.to(device).eval(), info
 
 
-def params_hash(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def train_final(ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict | None:
-    """Train on train with early stopping on val; write model, curves and val metrics.
-    Under torchrun every rank trains; rank 0 writes and returns the metrics, others None."""
-    p = ctx.params
-    train, val = ctx.load("train"), ctx.load("val")
-    model = ctx.new_model()
-    started = time.perf_counter()
-    result = fit(
-        model,
-        train,
-        val,
-        optimizer=make_optimizer(model, ctx.spec, best["lr"], best["weight_decay"]),
-        train_params=ctx.train,
-        epochs=ctx.train.max_epochs,
-        batch_size=ctx.spec.batch_size,
-        seed=p.seed,
-        task=ctx.task,
-        desc=f"train {ctx.name}",
-    )
-    # Wall-clock time goes to MLflow only: DVC outputs must be byte-equal across reruns.
-    train_seconds = time.perf_counter() - started
-    if not distributed.is_main():
-        return None  # under torchrun, rank 0 alone evaluates, writes and logs
-    val_metrics = TASKS[ctx.task].metrics(predict(model, val), val.y)
-    run_record = describe_run(ctx, result, best, model)
-    folder = paths.model_dir(ctx.name)
-    about = model_metadata(ctx.meta, float(train.x.max()))
-    extra = {"study": best["study"], "model": ctx.name, **about}
-    weights_md5 = save_model(model, ctx.arch_spec, folder, extra)
-    write_tsv(paths.PLOTS / "curves" / f"{ctx.name}.tsv", result.history)
-    metrics = {"val": val_metrics, "train": run_record}
-    write_json(paths.METRICS / ctx.name / "train.json", metrics)
-    logged = {**{f"val_{k}": v for k, v in val_metrics.items()}, "train_seconds": train_seconds}
-    _log_final(ctx, model, best, tags, logged, run_record, result.history, val, about, weights_md5)
-    return metrics
-
-
-def describe_run(ctx: ModelContext, result, best: dict, counted: nn.Module) -> dict:
-    """train.json's ``train`` block: epochs, device, thread count (float results depend on
-    it), the params trained with and the size of ``counted``. ``result`` is a fit result
-    (``best_epoch``, ``history``)."""
-    return {
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "device": ctx.device.type,
-        "threads": ctx.params.threads,
-        "lr": best["lr"],
-        "weight_decay": best["weight_decay"],
-        "n_parameters": sum(t.numel() for t in counted.parameters()),
-    }
-
-
 def model_metadata(meta: dict, input_max: float) -> dict:
     """What a caller needs to feed the model raw files: the task, class names and the pixel
     range (an 8-bit image is rescaled to ``[0, input_max]``, e.g. 16 for digits); for a
@@ -133,74 +71,9 @@ def model_metadata(meta: dict, input_max: float) -> dict:
     return about
 
 
-def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, weights_md5):
-    train_params = flatten("train", ctx.train.model_dump(mode="json"))
-    log_final_model(
-        ctx,
-        best,
-        tags,
-        history=history,
-        logged=logged,
-        served=model.to("cpu").eval(),
-        example=val.x[:4].float().cpu().numpy(),
-        about=about,
-        weights_md5=weights_md5,
-        params={**train_params, **{k: str(v) for k, v in run_record.items()}},
-    )
-
-
-def log_final_model(
-    ctx,
-    best: dict,
-    tags: dict[str, str],
-    *,
-    history: list[dict],
-    logged: dict[str, float],
-    served: nn.Module,
-    example,
-    about: dict,
-    weights_md5: str,
-    params: dict | None = None,
-    version_tags: dict[str, str] | None = None,
-) -> None:
-    """On the model's parent run: the final epochs (``final.*``), the final metrics, and the
-    served model logged with signature and registered as ``<dataset>-<model>``, its version
-    tagged with git sha, data md5s, params hash, device and the weights' md5."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    tracker = Tracker(ctx.dataset, ctx.name, best["study"])
-    parent = tracker.parent_run_id(tags)
-    for row in history:
-        tracker.log(
-            parent,
-            metrics={f"final.{k}": v for k, v in row.items() if k != "epoch"},
-            step=int(row["epoch"]),
-        )
-    tracker.log(parent, metrics=logged)
-    with torch.no_grad():
-        output = served(torch.from_numpy(example)).numpy()
-    with mlflow.start_run(run_id=parent):
-        info = mlflow.pytorch.log_model(
-            served,
-            name="model",
-            signature=infer_signature(example, output),
-            input_example=example,
-            registered_model_name=registered_name(ctx.dataset, ctx.name),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            params=params,
-            metadata=about,
-        )
-    version = info.registered_model_version
-    if version is not None:
-        name = registered_name(ctx.dataset, ctx.name)
-        all_tags = {
-            "git_sha": tags.get("reprolab.git_sha", "unknown"),
-            "data_md5": ",".join(f"{k}={v}" for k, v in tags.items() if "data_md5" in k),
-            "params_hash": params_hash({"model": ctx.spec.model_dump(mode="json"), **best}),
-            "device": ctx.device.type,
-            "weights_md5": weights_md5,
-            **(version_tags or {}),
-        }
-        for key, value in all_tags.items():
-            tracker.client.set_model_version_tag(name, str(version), key, value)
+def read_best_params(folder: Path) -> dict:
+    """The tuned params the tune stage wrote (best_params.json)."""
+    path = folder / "best_params.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; run `dvc repro tune@{folder.name}` first")
+    return json.loads(path.read_text())

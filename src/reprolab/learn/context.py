@@ -11,8 +11,8 @@ from torch import nn
 from reprolab.core import paths
 from reprolab.core.io import md5_file
 from reprolab.core.schema import ModelSpec, Params, TrainParams, TuneParams
-from reprolab.learn.engine import seed_everything, select_device
-from reprolab.learn.tasks.supervised import TASKS
+from reprolab.learn.device import seed_everything, select_device
+from reprolab.learn.objectives import OBJECTIVES
 from reprolab.learn.tensors import TensorData, load_meta, load_split
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models._base import build_model
@@ -49,7 +49,7 @@ class ModelContext:
             arch=self.spec.arch,
             options=dict(self.spec.options),
             input_shape=tuple(meta["input_shape"]),
-            n_outputs=TASKS[self.task].n_outputs(meta),
+            n_outputs=OBJECTIVES[self.task].n_outputs(meta),
             mean=meta["mean"],
             std=meta["std"],
             target_scale=scale,

@@ -12,61 +12,18 @@ float32 (compile is opt-in: it measured slower for LeNet there).
 from __future__ import annotations
 
 import math
-import os
-import random
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from reprolab.core import registry
-from reprolab.core.errors import DeviceError, DivergedError
 from reprolab.core.schema import ModelSpec, TrainParams
 from reprolab.learn import distributed
-from reprolab.learn.tasks.supervised import TASKS
+from reprolab.learn.device import configure_backends
+from reprolab.learn.loop import EpochCallback, FitResult, run_epochs
+from reprolab.learn.objectives import OBJECTIVES
 from reprolab.learn.tensors import TensorData
-
-EpochCallback = Callable[[int, dict[str, float]], None]
-
-
-def select_device(name: str) -> torch.device:
-    """``auto`` picks cuda, else mps, else cpu; an explicit device must exist."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(
-            "device: 'cuda' requested but no CUDA GPU is visible; use 'auto' or 'cpu'"
-        )
-    if name == "mps" and not has_mps:
-        raise DeviceError("device: 'mps' requested but MPS is not available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, threads: int) -> None:
-    """One seed for python, numpy and torch; a fixed thread count (it changes float sums)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-
-
-def configure_backends(device: torch.device, deterministic: bool) -> None:
-    """Deterministic kernels, or (CUDA) cuDNN autotuning when determinism is not asked for."""
-    if device.type == "cuda":
-        if deterministic:
-            # cuBLAS is deterministic only with a fixed workspace, set before its first use.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.backends.cudnn.deterministic = deterministic
-    torch.use_deterministic_algorithms(deterministic)
-    # Filling every torch.empty with NaN is a debugging aid that costs time on each batch.
-    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def make_optimizer(
@@ -134,17 +91,6 @@ class _Schedule:
     def after_epoch(self) -> None:
         if self.kind == "step":
             self.scheduler.step()
-
-
-@dataclass
-class FitResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_loss: float = math.inf
-
-
-def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def augment_images(
@@ -222,7 +168,7 @@ def evaluate_loss(
     model: nn.Module, data: TensorData, task: str = "classification"
 ) -> tuple[float, float]:
     """(mean loss, score) of the task over ``data``, synchronised once."""
-    loss, score = TASKS[task].loss_and_score(predict(model, data), data.y).tolist()
+    loss, score = OBJECTIVES[task].loss_and_score(predict(model, data), data.y).tolist()
     return loss, score
 
 
@@ -241,12 +187,13 @@ def fit(
     desc: str = "epochs",
     progress: bool | None = None,
 ) -> FitResult:
-    """Train with early stopping on validation loss; the best epoch's weights are restored.
+    """Train with early stopping on validation loss; the best epoch's weights are restored
+    (learn.loop.run_epochs).
 
-    ``task``: a key of reprolab.learn.tasks.supervised.TASKS (its loss and validation score).
+    ``task``: a key of reprolab.learn.objectives.OBJECTIVES (its loss and validation score).
     ``progress``: show the epoch bar (None: only on a terminal).
     """
-    objective = TASKS[task]
+    objective = OBJECTIVES[task]
     score_key = f"val_{objective.score}"
     device = train.y.device
     configure_backends(device, train_params.deterministic)
@@ -261,16 +208,8 @@ def fit(
     step_model = torch.compile(step_model) if train_params.compile else step_model
     steps = math.ceil(len(train) / batch_size)
     schedule = _Schedule(optimizer, train_params, steps, epochs)
-    result = FitResult()
-    best_state = _state_copy(model)
-    since_best = 0
-    bar = tqdm(
-        range(1, epochs + 1),
-        desc=desc,
-        leave=False,
-        disable=not distributed.is_main() or (None if progress is None else not progress),
-    )
-    for epoch in bar:
+
+    def run_epoch(epoch: int) -> dict[str, float]:
         model.train()
         order = torch.randperm(len(train), generator=generator)
         if device.type == "cuda":
@@ -300,30 +239,23 @@ def fit(
         train_loss, val_loss, val_score = torch.cat(
             [(loss_sum / len(train)).view(1), val_metrics]
         ).tolist()
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            raise DivergedError(
-                f"loss diverged at epoch {epoch} (train {train_loss}, val {val_loss})"
-            )
-        row = {
-            "epoch": epoch,
+        return {
             "train_loss": train_loss,
             "val_loss": val_loss,
             score_key: val_score,
             "lr": optimizer.param_groups[0]["lr"],
         }
-        result.history.append(row)
-        bar.set_postfix({"val_loss": f"{val_loss:.4f}", score_key: f"{val_score:.4f}"})
-        if val_loss < result.best_val_loss:
-            result.best_val_loss, result.best_epoch = val_loss, epoch
-            best_state = _state_copy(model)
-            since_best = 0
-        else:
-            since_best += 1
-        if on_epoch is not None:
-            on_epoch(epoch, row)
-        if since_best >= train_params.patience:
-            break
-    bar.close()
-    model.load_state_dict(best_state)
+
+    result = run_epochs(
+        model,
+        epochs,
+        run_epoch,
+        monitor="val_loss",
+        patience=train_params.patience,
+        on_epoch=on_epoch,
+        desc=desc,
+        progress=False if not distributed.is_main() else progress,
+        shown=(score_key,),
+    )
     model.to(memory_format=torch.contiguous_format)
     return result

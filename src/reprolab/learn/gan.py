@@ -1,7 +1,8 @@
 """DCGAN training: the tutorial's alternating updates, a validation Fréchet distance per
 epoch, the best generator kept; and the fixed-noise sample grid.
 
-Like engine.fit: images sit on the device as uint8 and are cast per batch, batches are taken
+Like engine.fit, and through the same epoch driver (learn.loop): images sit on the device as
+uint8 and are cast per batch, batches are taken
 by index in an order drawn from a seeded CPU generator, the epoch's losses accumulate on the
 device and are read with the validation features in one host sync.
 
@@ -12,25 +13,19 @@ to raw values, the units the scoring classifier and a user of the saved generato
 
 from __future__ import annotations
 
-import copy
 import io
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from reprolab.core.errors import DivergedError
 from reprolab.core.io import atomic_path
-from reprolab.learn.engine import configure_backends
+from reprolab.learn.device import configure_backends
 from reprolab.learn.features import FrechetScorer
+from reprolab.learn.loop import EpochCallback, FitResult, run_epochs
 from reprolab.models.dcgan import DCGAN
-
-EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 class Pixels(nn.Module):
@@ -94,13 +89,6 @@ def make_optimizers(
     return adam(model.generator), adam(model.discriminator)
 
 
-@dataclass
-class GanFitResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_fid: float = math.inf
-
-
 def fit_gan(
     model: DCGAN,
     train_x: torch.Tensor,
@@ -118,7 +106,7 @@ def fit_gan(
     on_epoch: EpochCallback | None = None,
     desc: str = "epochs",
     progress: bool | None = None,
-) -> GanFitResult:
+) -> FitResult:
     """Train D and G in turn (the tutorial's loop, non-saturating G loss); after each epoch,
     score ``scorer.n_real`` images from a fixed noise (the same every epoch, so epochs differ
     by the generator alone). The best epoch by that score is restored; with ``patience`` the
@@ -134,16 +122,8 @@ def fit_gan(
     noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
     val_noise = validation_noise(scorer.n_real, model.latent, seed).to(device)
     bce = nn.functional.binary_cross_entropy_with_logits
-    result = GanFitResult()
-    best_state = copy.deepcopy(model.state_dict())
-    since_best = 0
-    bar = tqdm(
-        range(1, epochs + 1),
-        desc=desc,
-        leave=False,
-        disable=None if progress is None else not progress,
-    )
-    for epoch in bar:
+
+    def run_epoch(epoch: int) -> dict[str, float]:
         model.train()
         order = torch.randperm(len(train_x), generator=order_generator).to(device)
         sums = torch.zeros(4, device=device)
@@ -182,17 +162,10 @@ def fit_gan(
         # The epoch's only host sync: the four means and the generated images' features.
         host = torch.cat([sums / len(train_x), features.flatten()]).double().cpu().numpy()
         loss_d_mean, loss_g_mean, d_real_mean, d_fake_mean = host[:4].tolist()
-        losses_finite = math.isfinite(loss_d_mean) and math.isfinite(loss_g_mean)
-        val_fid = (
-            scorer.distance(host[4:].reshape(len(val_noise), -1)) if losses_finite else math.nan
-        )
-        if not (losses_finite and math.isfinite(val_fid)):
-            raise DivergedError(
-                f"GAN diverged at epoch {epoch} (loss_d {loss_d_mean}, loss_g {loss_g_mean}, "
-                f"val_fid {val_fid})"
-            )
-        row = {
-            "epoch": epoch,
+        finite = math.isfinite(loss_d_mean) and math.isfinite(loss_g_mean)
+        # No distance from NaN features: the driver reports the divergence.
+        val_fid = scorer.distance(host[4:].reshape(len(val_noise), -1)) if finite else math.nan
+        return {
             "loss_d": loss_d_mean,
             "loss_g": loss_g_mean,
             "d_real": d_real_mean,
@@ -200,21 +173,18 @@ def fit_gan(
             "val_fid": val_fid,
             "lr": lr,
         }
-        result.history.append(row)
-        bar.set_postfix(val_fid=f"{val_fid:.3f}", loss_d=f"{loss_d_mean:.3f}")
-        if val_fid < result.best_val_fid:
-            result.best_val_fid, result.best_epoch = val_fid, epoch
-            best_state = copy.deepcopy(model.state_dict())
-            since_best = 0
-        else:
-            since_best += 1
-        if on_epoch is not None:
-            on_epoch(epoch, row)
-        if patience is not None and since_best >= patience:
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    return result
+
+    return run_epochs(
+        model,
+        epochs,
+        run_epoch,
+        monitor="val_fid",
+        patience=patience,
+        on_epoch=on_epoch,
+        desc=desc,
+        progress=progress,
+        shown=("loss_d",),
+    )
 
 
 def grid_image(

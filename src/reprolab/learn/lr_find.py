@@ -17,7 +17,7 @@ from torch import nn
 from reprolab.core.errors import ParamsError
 from reprolab.core.schema import ModelSpec
 from reprolab.learn.engine import make_optimizer
-from reprolab.learn.tasks.supervised import TASKS
+from reprolab.learn.objectives import OBJECTIVES
 from reprolab.learn.tensors import TensorData
 
 
@@ -62,7 +62,7 @@ def lr_range_test(
             group["lr"] = lr * scale
         start = (step * spec.batch_size) % max(1, len(train) - spec.batch_size + 1)
         x, y = train.batch(order[start : start + spec.batch_size])
-        loss = TASKS[task].loss(model(x), y)
+        loss = OBJECTIVES[task].loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

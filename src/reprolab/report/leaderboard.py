@@ -16,7 +16,8 @@ from reprolab.core import paths
 from reprolab.core.io import atomic_dir, write_text
 from reprolab.core.schema import Params
 from reprolab.report.figures import draw_figures
-from reprolab.tracking.runs import CHAMPION, logged_metrics, registered_name
+from reprolab.tracking.models import CHAMPION, registered_name
+from reprolab.tracking.runs import logged_metrics
 
 FIGURES_DIR = "figures"
 

@@ -49,10 +49,6 @@ def git_sha() -> str:
     return out.stdout.strip()
 
 
-def registered_name(dataset: str, model: str) -> str:
-    return f"{dataset}-{model}"
-
-
 class Tracker:
     """The MLflow side of one model in one stage."""
 
@@ -181,37 +177,3 @@ def stage_tags(device: str, threads: int, data_md5: Iterable[tuple[str, str]]) -
     }
     tags.update({f"reprolab.data_md5.{name}": md5 for name, md5 in data_md5})
     return tags
-
-
-CHAMPION = "champion"
-
-
-def promote_champion(
-    dataset: str, best: str, weights_md5: str, models: Iterable[str]
-) -> str | None:
-    """Alias ``champion`` the registered version of ``best`` whose weights are ``weights_md5``
-    (the model.pt that DVC tracks), and take the alias off the other models of the dataset.
-
-    Returns the version's ``models:/`` URI, or None when the store holds no such version
-    (a fresh clone whose MLflow store never saw that training run).
-    """
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
-    name = registered_name(dataset, best)
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except mlflow.exceptions.MlflowException:
-        return None
-    matching = [v for v in versions if v.tags.get("weights_md5") == weights_md5]
-    if not matching:
-        return None
-    version = max(matching, key=lambda v: int(v.version))
-    client.set_registered_model_alias(name, CHAMPION, version.version)
-    for other in models:
-        other_name = registered_name(dataset, other)
-        if other_name == name:
-            continue
-        # Not registered, or without the alias: nothing to take off.
-        with contextlib.suppress(mlflow.exceptions.MlflowException):
-            client.delete_registered_model_alias(other_name, CHAMPION)
-    return f"models:/{name}/{version.version}"

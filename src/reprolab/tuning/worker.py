@@ -1,12 +1,7 @@
 """Optuna tuning of learning rate and weight decay on the validation split.
 
-- Storage: an SQLite file under the workspace root (outside DVC outputs), or any RDB URL
-  from ``REPROLAB_OPTUNA_STORAGE`` or ``tune.storage`` (PostgreSQL for workers on several
-  machines).
-- Study name: dataset, model and a fingerprint of everything the objective depends on
-  (params it reads, split checksums, the package's code). A killed run resumes its study; a
-  change of code, data or params starts a fresh one. Every worker of one checkout computes
-  the same name, whatever its entry point.
+- Storage and claim locks: tuning.storage. Study name: tuning.identity. Objective and its
+  MLflow child runs: tuning.objective.
 - Workers: the ``tune`` stage runs ``tune.workers`` of them (itself and spawned processes);
   ``reprolab tune-worker <model>`` adds more, on this machine or others sharing the storage.
 - Budget: finished trials (complete or pruned) count toward ``n_trials`` across resumes and
@@ -20,87 +15,33 @@
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
-import socket
+import signal
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
-import sqlalchemy
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from reprolab.core.errors import DivergedError
-from reprolab.core.io import file_lock
-from reprolab.core.paths import workspace_root
-from reprolab.core.schema import Params
+from reprolab.core.errors import TuningError
+from reprolab.core.schema import Params, TuneParams
 from reprolab.learn.context import ModelContext
-from reprolab.learn.engine import EpochCallback, fit, make_optimizer
+from reprolab.learn.tasks import get_task
 from reprolab.tracking.runs import Tracker, flatten
+from reprolab.tuning.identity import study_inputs, study_name
+from reprolab.tuning.objective import make_objective
+from reprolab.tuning.storage import HEARTBEAT_S, heartbeat, open_storage, storage_url, study_lock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# Heartbeats and stale-trial retry are the documented resume pattern; optuna still flags
-# them experimental, which says nothing a user of this pipeline can act on.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# run_trial records heartbeats itself around ask-and-tell, which Study.optimize cannot do
-# under the claim lock.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-HEARTBEAT_S = 5
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 log = logging.getLogger(__name__)
-
-
-def storage_url(configured: str | None = None) -> str:
-    """REPROLAB_OPTUNA_STORAGE, else ``tune.storage``, else SQLite under the workspace root."""
-    url = os.environ.get("REPROLAB_OPTUNA_STORAGE") or configured
-    if url:
-        return url
-    folder = workspace_root() / ".optuna"
-    folder.mkdir(exist_ok=True)
-    return f"sqlite:///{folder / 'studies.db'}"
-
-
-def code_fingerprint() -> str:
-    """Hash of every module of the reprolab package: the same for the stage and for any
-    worker of the same checkout (a fingerprint of the modules loaded would differ between
-    entry points, and a worker would open another study)."""
-    package = Path(__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def study_name(ctx: ModelContext) -> str:
-    p = ctx.params
-    inputs = {
-        "seed": p.seed,
-        "dataset": ctx.dataset,
-        "threads": p.threads,
-        "device": ctx.device.type,
-        # How many workers run it and where it is stored do not change what it finds.
-        "tune": ctx.tune.model_dump(mode="json", exclude={"workers", "storage"}),
-        "train": ctx.train.model_dump(
-            mode="json",
-            include={"patience", "scheduler", "step", "deterministic", "compile", "augment"},
-        ),
-        "model": ctx.spec.model_dump(mode="json"),
-        "data": ctx.data_md5(("train", "val")),
-        "code": code_fingerprint(),
-    }
-    if ctx.task == "generative":  # its objective lives in the scorer's features
-        inputs["scorer"] = ctx.scorer_md5()
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{ctx.dataset}.{ctx.name}.{digest}"
 
 
 @dataclass
@@ -110,203 +51,51 @@ class TuneResult:
     trials: list[dict]
 
 
-class _FailAndRetry(RetryHeartbeatStaleTrialCallback):
-    """A trial whose worker died: close its MLflow run as FAILED, then re-queue its params."""
-
-    def __init__(self, tracker: Tracker) -> None:
-        super().__init__(max_retry=2)
-        self.tracker = tracker
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id and self.tracker.is_active(run_id):
-            self.tracker.end(run_id, "FAILED")
-        super().__call__(study, trial)
+def sampler_seed(seed: int, model: str, index: int = 0) -> int:
+    """The seed of one model's sampler: from ``seed`` and the model's name, so each model's
+    study draws its own candidates (reproducibly); ``index`` apart for parallel workers."""
+    digest = hashlib.sha256(f"{seed}:{model}".encode()).digest()
+    return (int.from_bytes(digest[:4], "big") + index) % 2**32
 
 
-def open_storage(url: str, tracker: Tracker) -> RDBStorage:
-    # SQLite: wait for the writer lock instead of failing with "database is locked".
-    sqlite_wait = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    with _schema_lock(url):
-        return RDBStorage(
-            url,
-            engine_kwargs=sqlite_wait,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=2 * HEARTBEAT_S,
-            heartbeat_stale_trial_callback=_FailAndRetry(tracker),
+def make_pruner(tune: TuneParams) -> optuna.pruners.BasePruner:
+    """``tune.pruner.kind``: median (stop a trial below the median of earlier ones at the
+    same epoch), or multi-fidelity: successive_halving / hyperband over 1..tune.epochs."""
+    pruner = tune.pruner
+    if pruner.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=pruner.min_epochs,
+            max_resource=tune.epochs,
+            reduction_factor=pruner.reduction_factor,
         )
+    if pruner.kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=pruner.min_epochs,
+            reduction_factor=pruner.reduction_factor,
+            min_early_stopping_rate=0,
+        )
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_steps
+    )
 
 
-@contextlib.contextmanager
-def _schema_lock(url: str) -> Iterator[None]:
-    """Workers that open a new storage together would race to create its tables."""
-    if url.startswith("sqlite:///"):
-        with file_lock(url.removeprefix("sqlite:///") + ".lock"):
-            yield
-    elif url.startswith("postgresql"):
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        try:
-            with engine.begin() as connection:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0})
-                yield
-        finally:
-            engine.dispose()
-    else:
-        yield
-
-
-def open_study(name: str, seed: int, tune_params, storage: RDBStorage) -> optuna.Study:
+def open_study(name: str, seed: int, tune: TuneParams, storage: RDBStorage) -> optuna.Study:
     return optuna.create_study(
         study_name=name,
         storage=storage,
         direction="minimize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=tune_params.sampler_startup_trials
-        ),
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=tune_params.pruner.n_startup_trials,
-            n_warmup_steps=tune_params.pruner.n_warmup_steps,
-        ),
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=tune.sampler_startup_trials),
+        pruner=make_pruner(tune),
     )
-
-
-def study_lock(storage: RDBStorage, name: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """A lock that every worker of study ``name`` takes to claim a trial.
-
-    PostgreSQL: a transaction-level advisory lock (machines share it; a dead worker's
-    connection releases it). Other storages: an exclusive file lock beside an SQLite file,
-    or under the workspace's ``.optuna/`` (processes of this machine only).
-    """
-    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    engine = storage.engine
-    if engine.dialect.name == "postgresql":
-
-        @contextlib.contextmanager
-        def advisory() -> Iterator[None]:
-            with engine.begin() as connection:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-                yield
-
-        return advisory
-    database = engine.url.database
-    if engine.dialect.name == "sqlite" and database and database != ":memory:":
-        path = Path(f"{database}.{name}.lock")
-    else:
-        path = workspace_root() / ".optuna" / f"{name}.lock"
-    return lambda: file_lock(path)
-
-
-@contextlib.contextmanager
-def heartbeat(storage: RDBStorage, trial_id: int) -> Iterator[None]:
-    """Record the trial's heartbeat every HEARTBEAT_S while the block runs."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            storage.record_heartbeat(trial_id)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED)
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-# A trial's training: (lr, weight_decay, on_epoch, desc) -> (best objective, its epoch).
-TrialFit = Callable[[float, float, EpochCallback, str], tuple[float, int]]
-
-
-def trial_fitter(ctx: ModelContext) -> tuple[TrialFit, str]:
-    """How a trial of ``ctx``'s model trains, and the per-epoch value it minimises:
-    engine.fit and ``val_loss``, or (a generator) reprolab.learn.tasks.generation's GAN loop and
-    ``val_fid``."""
-    if ctx.task == "generative":
-        from reprolab.learn.tasks.generation import gan_trial_fitter
-
-        return gan_trial_fitter(ctx), "val_fid"
-    train, val = ctx.load("train"), ctx.load("val")
-
-    def fit_trial(
-        lr: float, weight_decay: float, on_epoch: EpochCallback, desc: str
-    ) -> tuple[float, int]:
-        model = ctx.new_model()
-        result = fit(
-            model,
-            train,
-            val,
-            optimizer=make_optimizer(model, ctx.spec, lr, weight_decay),
-            train_params=ctx.train,
-            epochs=ctx.tune.epochs,
-            batch_size=ctx.spec.batch_size,
-            seed=ctx.params.seed,
-            task=ctx.task,
-            on_epoch=on_epoch,
-            desc=desc,
-        )
-        return result.best_val_loss, result.best_epoch
-
-    return fit_trial, "val_loss"
-
-
 def model_context(params: Params, model: str) -> ModelContext:
-    if params.task_of(model) == "generative":
-        from reprolab.learn.tasks.generation import GanContext
-
-        return GanContext(params, model)
-    return ModelContext(params, model)
-
-
-def make_objective(
-    ctx: ModelContext, tracker: Tracker, parent: str, tags: dict[str, str]
-) -> Callable[[optuna.Trial], float]:
-    tune = ctx.tune
-    fit_trial, key = trial_fitter(ctx)
-
-    def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", tune.lr.low, tune.lr.high, log=True)
-        weight_decay = trial.suggest_float(
-            "weight_decay", tune.weight_decay.low, tune.weight_decay.high, log=True
-        )
-        run_id = tracker.start_child(parent, f"trial-{trial.number}", tags)
-        trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("worker", worker_id())
-        tracker.log(run_id, params={"lr": lr, "weight_decay": weight_decay, "trial": trial.number})
-
-        def report(epoch: int, row: dict[str, float]) -> None:
-            tracker.log(run_id, metrics={k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            trial.report(row[key], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"{key} {row[key]:.4f} at epoch {epoch}")
-
-        try:
-            best_value, best_epoch = fit_trial(lr, weight_decay, report, f"trial {trial.number}")
-        except (optuna.TrialPruned, DivergedError) as stopped:
-            reason = str(stopped)
-            trial.set_user_attr("pruned_reason", reason)
-            tracker.client.set_tag(run_id, "reprolab.pruned_reason", reason)
-            tracker.end(run_id, "KILLED")
-            log.warning("%s trial %d pruned: %s", ctx.name, trial.number, reason)
-            raise optuna.TrialPruned(reason) from None
-        except BaseException:
-            tracker.end(run_id, "FAILED")
-            raise
-        trial.set_user_attr("best_epoch", best_epoch)
-        tracker.log(run_id, metrics={f"best_{key}": best_value})
-        tracker.end(run_id, "FINISHED")
-        return best_value
-
-    return objective
+    return get_task(params.task_of(model)).context(params, model)
 
 
 def run_trial(
@@ -341,7 +130,10 @@ def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with claim():  # one parent run and one study, however many workers start at once
         parent = tracker.parent_run_id(tags)
-        study = open_study(name, p.seed + index, tune, storage)
+        study = open_study(name, sampler_seed(p.seed, ctx.name, index), tune, storage)
+        if not study.user_attrs:  # what the name's fingerprint covers, for the dashboard
+            for key, value in study_inputs(ctx).items():
+                study.set_user_attr(key, value)
     tracker.log(
         parent,
         params={
@@ -373,7 +165,30 @@ def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
         ran += 1
 
 
+def _die_with_parent() -> None:
+    """End this spawned worker when its stage ends, however it ends (SIGKILL included): no
+    orphan keeps training and writing to the study after DVC reported the stage failed.
+    Linux: the kernel's parent-death signal; elsewhere a thread watching the parent pid."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0:
+            if os.getppid() != parent:  # the stage died before the signal was armed
+                os._exit(1)
+            return
+    except (OSError, AttributeError):  # no prctl (macOS)
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _spawned_worker(params: Params, model: str, tags: dict[str, str], index: int) -> None:
+    _die_with_parent()
     run_worker(model_context(params, model), tags, index)
 
 
@@ -381,6 +196,14 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
     """Run (or resume) the study until ``n_trials`` trials have finished, with
     ``tune.workers`` workers: this process and ``workers - 1`` spawned ones."""
     p, tune = ctx.params, ctx.tune
+    if tune.n_trials <= tune.sampler_startup_trials:
+        log.warning(
+            "warning: %s: tune.n_trials (%d) <= tune.sampler_startup_trials (%d): every trial "
+            "is drawn at random (random search, TPE never runs)",
+            ctx.name,
+            tune.n_trials,
+            tune.sampler_startup_trials,
+        )
     spawn = multiprocessing.get_context("spawn")
     helpers = [
         spawn.Process(target=_spawned_worker, args=(p, ctx.name, tags, index), daemon=True)
@@ -399,7 +222,7 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
                 process.join()
     failed = [process.exitcode for process in helpers if process.exitcode != 0]
     if failed:
-        raise RuntimeError(f"{len(failed)} tune worker(s) of {ctx.name} exited with {failed}")
+        raise TuningError(f"{len(failed)} tune worker(s) of {ctx.name} exited with {failed}")
     name = study_name(ctx)
     tracker = Tracker(ctx.dataset, ctx.name, name)
     study = optuna.load_study(
@@ -407,16 +230,17 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
     )
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
-        raise RuntimeError(
+        raise TuningError(
             f"study {name}: all {tune.n_trials} trials were pruned; widen tune.lr or raise "
             "tune.pruner.n_warmup_steps"
         )
     best = study.best_trial
-    key = "best_val_fid" if ctx.task == "generative" else "best_val_loss"
+    key = f"best_{get_task(ctx.task).objective}"
+    # No trial number: a resumed study numbers the retry of a killed trial anew, and its
+    # outputs must equal an uninterrupted one's (the number goes to MLflow).
     best_params = {
         "lr": best.params["lr"],
         "weight_decay": best.params["weight_decay"],
-        "best_trial": best.number,
         key: best.value,
         "study": name,
     }
@@ -424,7 +248,11 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
     tracker.log(
         parent,
         metrics={key: best.value},
-        params={"best.lr": best.params["lr"], "best.weight_decay": best.params["weight_decay"]},
+        params={
+            "best.lr": best.params["lr"],
+            "best.weight_decay": best.params["weight_decay"],
+            "best.trial": best.number,
+        },
     )
     tracker.end(parent)
     return TuneResult(study=study, best_params=best_params, trials=trials_table(study))
@@ -432,10 +260,12 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
 
 def trials_table(study: optuna.Study) -> list[dict]:
     rows = []
-    for t in sorted(finished_trials(study), key=lambda t: t.number):
+    # Numbered in order of the finished trials: a resumed study's retried trial has a new
+    # Optuna number but the same place in the budget.
+    for index, t in enumerate(sorted(finished_trials(study), key=lambda t: t.number)):
         rows.append(
             {
-                "trial": t.number,
+                "trial": index,
                 "state": t.state.name,
                 "value": t.value
                 if t.value is not None

@@ -1,90 +1,125 @@
-"""What differs between the learning tasks: the loss, the per-epoch validation score, the
-final metrics and the test plot. The training loop (engine.fit) is the same for all.
-
-- classification: cross-entropy; accuracy; macro-F1 and a confusion matrix on test.
-- regression: the loss is RMSLE, the RMSE of log1p(prediction) against log1p(target) (the
-  housing-price tutorial's loss): the network outputs log1p(y) (its output layer is scaled by
-  the train split's log1p statistics), so ``expm1`` of the output is the prediction.
-"""
+"""Classification and regression: engine.fit with the task's objective (learn.objectives),
+the final model saved and registered, and the one test evaluation."""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-from torch import nn
+import time
 
-from reprolab.learn.metrics import (
-    classification_metrics,
-    confusion_counts,
-    confusion_rows,
-    regression_metrics,
-)
-
-
-class Classification:
-    name = "classification"
-    score = "accuracy"  # the validation score logged beside the loss each epoch
-    test_plot = "confusion"  # plots/<test_plot>/<model>.csv, dvc's confusion template
-
-    def n_outputs(self, meta: dict) -> int:
-        return len(meta["classes"])
-
-    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(outputs, y)
-
-    def loss_and_score(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """[loss, score] as one device tensor (read with the epoch's single sync)."""
-        accuracy = (outputs.argmax(1) == y).float().mean()
-        return torch.stack([self.loss(outputs, y), accuracy])
-
-    def metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        # float64 softmax: float32 rows may not sum to one within the metrics' tolerance.
-        probabilities = torch.softmax(outputs.double(), 1).cpu().numpy()
-        return classification_metrics(y.cpu().numpy(), probabilities)
-
-    def test_report(
-        self, outputs: torch.Tensor, y: torch.Tensor, meta: dict
-    ) -> tuple[dict, list[dict]]:
-        """Test metrics (with the confusion matrix) and the rows of the test plot."""
-        metrics = self.metrics(outputs, y)
-        y_true, y_pred = y.cpu().numpy(), outputs.argmax(1).cpu().numpy()
-        classes = meta["classes"]
-        metrics["confusion_matrix"] = confusion_counts(y_true, y_pred, len(classes)).tolist()
-        metrics["n_test"] = int(len(y_true))
-        return metrics, confusion_rows(y_true, y_pred, classes)
+from reprolab.core import paths
+from reprolab.core.io import write_json, write_tsv
+from reprolab.learn import distributed
+from reprolab.learn.checkpoints import load_model, model_metadata, save_model
+from reprolab.learn.context import ModelContext
+from reprolab.learn.engine import fit, make_optimizer, predict
+from reprolab.learn.loop import EpochCallback
+from reprolab.learn.objectives import OBJECTIVES
+from reprolab.learn.tasks._base import Task, TrialFit, describe_run
+from reprolab.tracking.models import log_final_model
+from reprolab.tracking.runs import Tracker, flatten
 
 
-class Regression:
-    name = "regression"
-    score = "rmsle"
-    test_plot = "predictions"  # actual vs predicted, dvc's scatter template
+class SupervisedTask(Task):
+    """A network trained on (x, y) with the loss of ``OBJECTIVES[name]``."""
 
-    def n_outputs(self, meta: dict) -> int:
-        return 1
+    objective = "val_loss"
 
-    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(nn.functional.mse_loss(outputs[:, 0], torch.log1p(y)))
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.loss = OBJECTIVES[name]
 
-    def loss_and_score(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = self.loss(outputs, y)
-        return torch.stack([loss, loss])  # the loss is the score (RMSLE)
+    def trial_fitter(self, ctx: ModelContext) -> TrialFit:
+        train, val = ctx.load("train"), ctx.load("val")
 
-    def predictions(self, outputs: torch.Tensor) -> np.ndarray:
-        """Targets on their own scale: expm1 of the log1p output, never below zero."""
-        return np.clip(np.expm1(outputs[:, 0].double().cpu().numpy()), 0.0, None)
+        def fit_trial(
+            lr: float, weight_decay: float, on_epoch: EpochCallback, desc: str
+        ) -> tuple[float, int]:
+            model = ctx.new_model()
+            result = fit(
+                model,
+                train,
+                val,
+                optimizer=make_optimizer(model, ctx.spec, lr, weight_decay),
+                train_params=ctx.train,
+                epochs=ctx.tune.epochs,
+                batch_size=ctx.spec.batch_size,
+                seed=ctx.params.seed,
+                task=self.name,
+                on_epoch=on_epoch,
+                desc=desc,
+            )
+            return result.best_value, result.best_epoch
 
-    def metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return regression_metrics(y.double().cpu().numpy(), self.predictions(outputs))
+        return fit_trial
 
-    def test_report(
-        self, outputs: torch.Tensor, y: torch.Tensor, meta: dict
-    ) -> tuple[dict, list[dict]]:
-        metrics = self.metrics(outputs, y) | {"n_test": int(len(y))}
-        rows = [
-            {"actual": round(float(a), 6), "predicted": round(float(p), 6)}
-            for a, p in zip(y.cpu().numpy(), self.predictions(outputs), strict=True)
-        ]
-        return metrics, rows
+    def train_final(self, ctx: ModelContext, best: dict, tags: dict[str, str]) -> dict | None:
+        """Train on train with early stopping on val; write model, curves and val metrics.
+        Under torchrun every rank trains; rank 0 writes and returns the metrics, others None."""
+        p = ctx.params
+        train, val = ctx.load("train"), ctx.load("val")
+        model = ctx.new_model()
+        started = time.perf_counter()
+        result = fit(
+            model,
+            train,
+            val,
+            optimizer=make_optimizer(model, ctx.spec, best["lr"], best["weight_decay"]),
+            train_params=ctx.train,
+            epochs=ctx.train.max_epochs,
+            batch_size=ctx.spec.batch_size,
+            seed=p.seed,
+            task=self.name,
+            desc=f"train {ctx.name}",
+        )
+        # Wall-clock time goes to MLflow only: DVC outputs must be byte-equal across reruns.
+        train_seconds = time.perf_counter() - started
+        if not distributed.is_main():
+            return None  # under torchrun, rank 0 alone evaluates, writes and logs
+        val_metrics = self.loss.metrics(predict(model, val), val.y)
+        run_record = describe_run(ctx, result, best, model)
+        folder = paths.model_dir(ctx.name)
+        about = model_metadata(ctx.meta, float(train.x.max()))
+        extra = {"study": best["study"], "model": ctx.name, **about}
+        weights_md5 = save_model(model, ctx.arch_spec, folder, extra)
+        write_tsv(paths.PLOTS / "curves" / f"{ctx.name}.tsv", result.history)
+        metrics = {"val": val_metrics, "train": run_record}
+        write_json(paths.METRICS / ctx.name / "train.json", metrics)
+        logged = {**{f"val_{k}": v for k, v in val_metrics.items()}, "train_seconds": train_seconds}
+        _log_final(
+            ctx, model, best, tags, logged, run_record, result.history, val, about, weights_md5
+        )
+        return metrics
+
+    def evaluate(self, ctx: ModelContext, tags: dict[str, str]) -> dict:
+        model, info = load_model(paths.model_dir(ctx.name), ctx.device)
+        test = ctx.load("test")
+        task = self.loss
+        metrics, rows = task.test_report(predict(model, test), test.y, ctx.meta)
+        write_json(paths.METRICS / ctx.name / "test.json", metrics)
+        write_tsv(paths.PLOTS / task.test_plot / f"{ctx.name}.csv", rows, sep=",")
+
+        tracker = Tracker(ctx.dataset, ctx.name, info["study"])
+        parent = tracker.parent_run_id(tags)
+        tracker.log(
+            parent,
+            metrics={
+                f"test_{k}": v for k, v in metrics.items() if isinstance(v, float) and k != "n_test"
+            },
+        )
+        tracker.end(parent)
+        return metrics
 
 
-TASKS = {"classification": Classification(), "regression": Regression()}
+def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, weights_md5):
+    train_params = flatten("train", ctx.train.model_dump(mode="json"))
+    log_final_model(
+        ctx,
+        best,
+        tags,
+        history=history,
+        logged=logged,
+        served=model.to("cpu").eval(),
+        example=val.x[:4].float().cpu().numpy(),
+        about=about,
+        weights_md5=weights_md5,
+        params={**train_params, **{k: str(v) for k, v in run_record.items()}},
+    )

@@ -25,21 +25,16 @@ import torch
 from reprolab.core import paths, registry
 from reprolab.core.errors import CheckpointError
 from reprolab.core.io import write_json, write_tsv
-from reprolab.learn.checkpoints import (
-    SPEC_FILE,
-    describe_run,
-    load_model,
-    log_final_model,
-    save_model,
-)
+from reprolab.learn.checkpoints import SPEC_FILE, load_model, save_model
 from reprolab.learn.context import ModelContext
-from reprolab.learn.engine import EpochCallback
 from reprolab.learn.features import FrechetScorer, load_classifier
 from reprolab.learn.gan import fit_gan, fixed_noise, generate, sampler, write_sample_grid
+from reprolab.learn.loop import EpochCallback
+from reprolab.learn.tasks._base import Task, TrialFit, describe_run
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models.dcgan import DCGAN
+from reprolab.tracking.models import log_final_model
 from reprolab.tracking.runs import Tracker
-from reprolab.tuning.worker import TrialFit
 
 TEST_NOISE_SEED_OFFSET = 3  # the test split's noise: apart from validation's and the grid's
 GRID_SAMPLES = 64
@@ -123,8 +118,8 @@ def pixel_max(train_x: torch.Tensor) -> float:
 
 
 def gan_trial_fitter(ctx: GanContext) -> TrialFit:
-    """An Optuna trial of the GAN (see tuning.trial_fitter): ``tune.epochs`` of fit_gan,
-    worth its best validation Fréchet distance."""
+    """An Optuna trial of the GAN: ``tune.epochs`` of fit_gan, worth its best validation
+    Fréchet distance."""
     train_x, val_x = ctx.load("train").x, ctx.load("val").x
     scorer = ctx.scorer(val_x)
 
@@ -142,7 +137,7 @@ def gan_trial_fitter(ctx: GanContext) -> TrialFit:
             on_epoch=on_epoch,
             desc=desc,
         )
-        return result.best_val_fid, result.best_epoch
+        return result.best_value, result.best_epoch
 
     return fit_trial
 
@@ -172,7 +167,7 @@ def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
     run_record["n_parameters_discriminator"] = sum(
         t.numel() for t in model.discriminator.parameters()
     )
-    val_metrics = {"fid": round(result.best_val_fid, 6), "n_real": scorer.n_real}
+    val_metrics = {"fid": round(result.best_value, 6), "n_real": scorer.n_real}
     about = {
         "model": ctx.name,
         "study": best["study"],
@@ -234,3 +229,29 @@ def evaluate_gan(ctx: GanContext, tags: dict[str, str]) -> dict:
     tracker.log(parent, metrics={"test_fid": metrics["fid"]})
     tracker.end(parent)
     return metrics
+
+
+class GenerativeTask(Task):
+    """A GAN on the image dataset, tuned, kept and tested on the Fréchet distance in its
+    scorer's features."""
+
+    name = "generative"
+    objective = "val_fid"
+
+    def context(self, params, model: str) -> GanContext:
+        return GanContext(params, model)
+
+    def identity(self, ctx: GanContext) -> dict:
+        return {"scorer": ctx.scorer_md5()}  # the objective lives in the scorer's features
+
+    def trial_fitter(self, ctx: GanContext) -> TrialFit:
+        return gan_trial_fitter(ctx)
+
+    def train_final(self, ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
+        return train_gan(ctx, best, tags)
+
+    def evaluate(self, ctx: GanContext, tags: dict[str, str]) -> dict:
+        return evaluate_gan(ctx, tags)
+
+
+TASK = GenerativeTask()

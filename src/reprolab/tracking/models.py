@@ -1,0 +1,116 @@
+"""The MLflow model registry: the final model logged with its signature, one registered
+model per dataset and model (``<dataset>-<model>``), versions tagged with what made them, and
+the ``champion`` alias."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from reprolab.tracking.runs import Tracker, tracking_uri
+
+CHAMPION = "champion"
+
+
+def registered_name(dataset: str, model: str) -> str:
+    return f"{dataset}-{model}"
+
+
+def params_hash(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def log_final_model(
+    ctx: Any,
+    best: dict,
+    tags: dict[str, str],
+    *,
+    history: list[dict],
+    logged: dict[str, float],
+    served: nn.Module,
+    example,
+    about: dict,
+    weights_md5: str,
+    params: dict | None = None,
+    version_tags: dict[str, str] | None = None,
+) -> None:
+    """On the model's parent run: the final epochs (``final.*``), the final metrics, and the
+    served model logged with signature and registered as ``<dataset>-<model>``, its version
+    tagged with git sha, data md5s, params hash, device and the weights' md5."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    tracker = Tracker(ctx.dataset, ctx.name, best["study"])
+    parent = tracker.parent_run_id(tags)
+    for row in history:
+        tracker.log(
+            parent,
+            metrics={f"final.{k}": v for k, v in row.items() if k != "epoch"},
+            step=int(row["epoch"]),
+        )
+    tracker.log(parent, metrics=logged)
+    with torch.no_grad():
+        output = served(torch.from_numpy(example)).numpy()
+    with mlflow.start_run(run_id=parent):
+        info = mlflow.pytorch.log_model(
+            served,
+            name="model",
+            signature=infer_signature(example, output),
+            input_example=example,
+            registered_model_name=registered_name(ctx.dataset, ctx.name),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            params=params,
+            metadata=about,
+        )
+    version = info.registered_model_version
+    if version is not None:
+        name = registered_name(ctx.dataset, ctx.name)
+        all_tags = {
+            "git_sha": tags.get("reprolab.git_sha", "unknown"),
+            "data_md5": ",".join(f"{k}={v}" for k, v in tags.items() if "data_md5" in k),
+            "params_hash": params_hash({"model": ctx.spec.model_dump(mode="json"), **best}),
+            "device": ctx.device.type,
+            "weights_md5": weights_md5,
+            **(version_tags or {}),
+        }
+        for key, value in all_tags.items():
+            tracker.client.set_model_version_tag(name, str(version), key, value)
+
+
+def promote_champion(
+    dataset: str, best: str, weights_md5: str, models: Iterable[str]
+) -> str | None:
+    """Alias ``champion`` the registered version of ``best`` whose weights are ``weights_md5``
+    (the model.pt that DVC tracks), and take the alias off the other models of the dataset.
+
+    Returns the version's ``models:/`` URI, or None when the store holds no such version
+    (a fresh clone whose MLflow store never saw that training run).
+    """
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    name = registered_name(dataset, best)
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    matching = [v for v in versions if v.tags.get("weights_md5") == weights_md5]
+    if not matching:
+        return None
+    version = max(matching, key=lambda v: int(v.version))
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    for other in models:
+        other_name = registered_name(dataset, other)
+        if other_name == name:
+            continue
+        # Not registered, or without the alias: nothing to take off.
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.delete_registered_model_alias(other_name, CHAMPION)
+    return f"models:/{name}/{version.version}"

@@ -1,0 +1,134 @@
+"""Where studies live and how workers share them: the storage URL, the RDB storage with
+heartbeats, the per-study claim lock and the heartbeat thread.
+
+SQLite under the workspace root by default (a 60 s busy timeout instead of "database is
+locked"), or any RDB URL from ``REPROLAB_OPTUNA_STORAGE`` or ``tune.storage`` (PostgreSQL for
+workers on several machines). A trial whose worker died is failed by the heartbeat check and
+retried with the same params (RetryHeartbeatStaleTrialCallback); its MLflow run ends FAILED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+
+from reprolab.core.io import file_lock
+from reprolab.core.paths import workspace_root
+from reprolab.tracking.runs import Tracker
+
+# Heartbeats and stale-trial retry are the documented resume pattern; optuna still flags
+# them experimental, which says nothing a user of this pipeline can act on.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# run_trial records heartbeats itself around ask-and-tell, which Study.optimize cannot do
+# under the claim lock.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+HEARTBEAT_S = 5
+
+
+def storage_url(configured: str | None = None) -> str:
+    """REPROLAB_OPTUNA_STORAGE, else ``tune.storage``, else SQLite under the workspace root."""
+    url = os.environ.get("REPROLAB_OPTUNA_STORAGE") or configured
+    if url:
+        return url
+    folder = workspace_root() / ".optuna"
+    folder.mkdir(exist_ok=True)
+    return f"sqlite:///{folder / 'studies.db'}"
+
+
+class _FailAndRetry(RetryHeartbeatStaleTrialCallback):
+    """A trial whose worker died: close its MLflow run as FAILED, then re-queue its params."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        super().__init__(max_retry=2)
+        self.tracker = tracker
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and self.tracker.is_active(run_id):
+            self.tracker.end(run_id, "FAILED")
+        super().__call__(study, trial)
+
+
+def open_storage(url: str, tracker: Tracker) -> RDBStorage:
+    # SQLite: wait for the writer lock instead of failing with "database is locked".
+    sqlite_wait = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    with _schema_lock(url):
+        return RDBStorage(
+            url,
+            engine_kwargs=sqlite_wait,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=2 * HEARTBEAT_S,
+            heartbeat_stale_trial_callback=_FailAndRetry(tracker),
+        )
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Workers that open a new storage together would race to create its tables."""
+    if url.startswith("sqlite:///"):
+        with file_lock(url.removeprefix("sqlite:///") + ".lock"):
+            yield
+    elif url.startswith("postgresql"):
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.begin() as connection:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0})
+                yield
+        finally:
+            engine.dispose()
+    else:
+        yield
+
+
+def study_lock(storage: RDBStorage, name: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A lock that every worker of study ``name`` takes to claim a trial.
+
+    PostgreSQL: a transaction-level advisory lock (machines share it; a dead worker's
+    connection releases it). Other storages: an exclusive file lock beside an SQLite file,
+    or under the workspace's ``.optuna/`` (processes of this machine only).
+    """
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    engine = storage.engine
+    if engine.dialect.name == "postgresql":
+
+        @contextlib.contextmanager
+        def advisory() -> Iterator[None]:
+            with engine.begin() as connection:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+                yield
+
+        return advisory
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        path = Path(f"{database}.{name}.lock")
+    else:
+        path = workspace_root() / ".optuna" / f"{name}.lock"
+    return lambda: file_lock(path)
+
+
+@contextlib.contextmanager
+def heartbeat(storage: RDBStorage, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every HEARTBEAT_S while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
