@@ -34,7 +34,7 @@ def main(params, args) -> None:
         dataset,
         identity,
         {s.name: {f"val_{k}": v for k, v in s.val.items()} for s in selected},
-        stage_tags("cpu", params.threads, []),
+        stage_tags("cpu", params),
         close=False,
         params={s.name: {s.hyperparameter: s.value} for s in selected},
     )

@@ -26,7 +26,7 @@ def main(params, args) -> None:
         for name, m in results.items()
     }
     dataset = getattr(params.datasets, args.kind)
-    tags = stage_tags("cpu", params.threads, [])
+    tags = stage_tags("cpu", params)
     log_baselines(dataset, md5_file(folder / FILE), logged, tags, close=True)
     for name, metrics in results.items():
         shown = {k: v for k, v in metrics.items() if isinstance(v, float)}

@@ -138,16 +138,8 @@ def tiny_repo(tmp_path: Path) -> Path:
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One real `dvc repro` of the TINY pipeline, shared by every module that only reads it
     (a test that changes params works on ``copy_repo`` of it)."""
-    import json
-
     repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS, TINY_MODELS)
-    imports_log = repo.parent / "imports.jsonl"
-    result = run(["dvc", "repro"], repo, REPROLAB_IMPORTS_LOG=str(imports_log))
-    return {
-        "repo": repo,
-        "first": result,
-        "imports": [json.loads(line) for line in imports_log.read_text().splitlines()],
-    }
+    return {"repo": repo, "first": run(["dvc", "repro"], repo)}
 
 
 def copy_repo(repo: Path, dest: Path) -> Path:

@@ -10,6 +10,18 @@ from reprolab.core.params import load_params
 from reprolab.core.schema import GROUPS
 
 
+def _load(args: argparse.Namespace, model: str | None = None):
+    """params.yaml validated (the model's arch options too), with its numerics mode applied
+    before anything imports torch, as a stage does."""
+    from reprolab.core import numerics
+
+    return load_params(
+        args.params,
+        options_of=[model] if model else [],
+        before_modules=lambda p: numerics.apply(p.numerics),
+    )
+
+
 def check(args: argparse.Namespace) -> None:
     """Validate params.yaml completely (every model's arch options too)."""
     params = load_params(args.params)
@@ -29,7 +41,7 @@ def lr_find(args: argparse.Namespace) -> None:
     from reprolab.learn.context import ModelContext
     from reprolab.learn.lr_find import lr_range_test, plot_range_test
 
-    params = load_params(args.params, options_of=[args.model])
+    params = _load(args, args.model)
     ctx = ModelContext(params, args.model)
     result = lr_range_test(
         ctx.new_model(),
@@ -89,9 +101,9 @@ def tune_worker(args: argparse.Namespace) -> None:
     from reprolab.tuning.storage import storage_url
     from reprolab.tuning.worker import model_context, run_worker
 
-    params = load_params(args.params, options_of=[args.model])
+    params = _load(args, args.model)
     ctx = model_context(params, args.model)
-    tags = stage_tags(ctx.device.type, params.threads, ctx.data_md5(("train", "val")))
+    tags = stage_tags(ctx.device.type, params, ctx.data_md5(("train", "val")))
     # The sampler seed is seed + index: distinct per process unless given.
     index = os.getpid() if args.index is None else args.index
     name = study_name(ctx)

@@ -7,7 +7,7 @@ Every error names the dotted key and the value it was given, e.g.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,14 @@ def validate_params(
     source: str = "params.yaml",
     options_of: Iterable[str] | None = None,
     kinds_of: Iterable[str] | None = None,
+    before_modules: Callable[[Params], None] | None = None,
 ) -> Params:
     """Validate a parsed params mapping; raise ParamsError naming each bad key and value.
 
     ``options_of`` names the models whose arch ``options`` are checked too (default: all);
     ``kinds_of`` the dataset kinds whose dataset is checked to be of that kind (default:
-    all). Both import modules (an arch imports torch), so a stage checks only its own.
+    all). Both import modules (an arch imports torch), so a stage checks only its own;
+    ``before_modules(params)`` runs first (a stage sets its numerics before torch loads).
     """
     if not isinstance(raw, dict):
         raise ParamsError(
@@ -53,6 +55,8 @@ def validate_params(
         params = Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_format_error(err, source)) from None
+    if before_modules is not None:
+        before_modules(params)
     for kind in ("image", "tabular") if kinds_of is None else kinds_of:
         params.datasets.check_kind(kind)
     for name in params.all_models() if options_of is None else options_of:
@@ -80,12 +84,36 @@ def load_params(
     path: str | os.PathLike[str] = "params.yaml",
     options_of: Iterable[str] | None = None,
     kinds_of: Iterable[str] | None = None,
+    before_modules: Callable[[Params], None] | None = None,
 ) -> Params:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the repo root)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return validate_params(raw or {}, str(path), options_of=options_of, kinds_of=kinds_of)
+    return validate_params(
+        raw or {},
+        str(path),
+        options_of=options_of,
+        kinds_of=kinds_of,
+        before_modules=before_modules,
+    )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last
+    silently; DVC rejects the file), naming the key and its line."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ParamsError(
+                    f"params.yaml: key {key!r} appears twice in one mapping (line "
+                    f"{key_node.start_mark.line + 1}); keep one"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

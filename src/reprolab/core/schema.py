@@ -227,6 +227,9 @@ class Params(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # torch intra-op threads; float results depend on it, so it is a param, not a guess.
     threads: PositiveInt = 2
+    # portable: CPU kernels capped to AVX2, so results are bit-identical on every x86-64
+    # machine with AVX2 (core.numerics); native: the fastest kernels of this CPU.
+    numerics: Literal["portable", "native"] = "portable"
     imagefolder: ImageFolderParams = ImageFolderParams()
     split: SplitParams = SplitParams()
     tune: TuneParams = TuneParams()

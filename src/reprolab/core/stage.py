@@ -7,6 +7,7 @@ import gc
 import sys
 from collections.abc import Callable
 
+from reprolab.core import numerics
 from reprolab.core.errors import ReprolabError
 from reprolab.core.params import load_params
 from reprolab.core.schema import Params
@@ -36,6 +37,8 @@ def run_stage(
             args.params,
             options_of=[args.model] if model_arg else [],
             kinds_of=[args.kind] if check_kind else [],
+            # Before anything imports torch (an arch module does): it picks kernels on load.
+            before_modules=lambda p: numerics.apply(p.numerics),
         )
         body(params, args)
     except ReprolabError as err:

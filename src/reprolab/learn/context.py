@@ -66,3 +66,10 @@ class ModelContext:
     def data_md5(self, splits: tuple[str, ...]) -> list[tuple[str, str]]:
         """md5 of each split file read: the same hash DVC records for it in dvc.lock."""
         return [(s, md5_file(paths.split_file(self.kind, s))) for s in splits]
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What model.json records of the run's environment: the numerics mode and the torch
+        release (not the build tag, e.g. +cpu / +cu130, nor the CPU: in portable mode the bits
+        are the same on every x86-64 machine with AVX2)."""
+        return {"numerics": self.params.numerics, "torch": torch.__version__.split("+")[0]}

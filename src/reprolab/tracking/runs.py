@@ -19,8 +19,10 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from reprolab.core import numerics
 from reprolab.core.io import file_lock
 from reprolab.core.paths import workspace_root
+from reprolab.core.schema import Params
 
 TAG_MODEL = "reprolab.model"
 TAG_STUDY = "reprolab.study"
@@ -167,13 +169,18 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def stage_tags(device: str, threads: int, data_md5: Iterable[tuple[str, str]]) -> dict[str, str]:
+def stage_tags(
+    device: str, params: Params, data_md5: Iterable[tuple[str, str]] = ()
+) -> dict[str, str]:
+    """Tags of every run a stage logs: git sha, device, threads, the numerics in force
+    (core.numerics: mode, torch build, CPU capability) and the md5 of each split read."""
     sha = git_sha()
     tags = {
         "mlflow.source.git.commit": sha,
         "reprolab.git_sha": sha,
         "reprolab.device": device,
-        "reprolab.threads": str(threads),
+        "reprolab.threads": str(params.threads),
+        **{f"reprolab.{k}": v for k, v in numerics.describe(params.numerics).items()},
     }
     tags.update({f"reprolab.data_md5.{name}": md5 for name, md5 in data_md5})
     return tags

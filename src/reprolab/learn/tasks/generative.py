@@ -169,6 +169,7 @@ def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
     )
     val_metrics = {"fid": round(result.best_value, 6), "n_real": scorer.n_real}
     about = {
+        **ctx.environment,
         "model": ctx.name,
         "study": best["study"],
         "scorer": spec.scorer.model,

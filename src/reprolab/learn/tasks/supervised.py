@@ -78,7 +78,7 @@ class SupervisedTask(Task):
         run_record = describe_run(ctx, result, best, model)
         folder = paths.model_dir(ctx.name)
         about = model_metadata(ctx.meta, float(train.x.max()))
-        extra = {"study": best["study"], "model": ctx.name, **about}
+        extra = {"study": best["study"], "model": ctx.name, **about, **ctx.environment}
         weights_md5 = save_model(model, ctx.arch_spec, folder, extra)
         write_tsv(paths.PLOTS / "curves" / f"{ctx.name}.tsv", result.history)
         metrics = {"val": val_metrics, "train": run_record}

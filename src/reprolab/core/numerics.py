@@ -1,0 +1,156 @@
+"""Numerics modes for CPU training: "portable" (bit-identical across x86-64 AVX2 machines) or
+"native" (fastest kernels the machine offers; bits depend on the CPU).
+
+Portable mode caps every CPU kernel dispatcher torch uses to AVX2:
+
+* ATen's own vectorised kernels (``ATEN_CPU_CAPABILITY``),
+* oneDNN convolutions/pooling/batch-norm (``ONEDNN_MAX_CPU_ISA``),
+* MKL BLAS for ``Linear``/``addmm`` (``MKL_CBWR``, conditional numerical reproducibility),
+* OpenBLAS under numpy and scikit-learn (``OPENBLAS_CORETYPE``).
+
+The caps are read when torch (and its libraries) initialise, so ``apply("portable")`` must run
+before the first ``import torch`` in the process; it overrides whatever the user had set.
+
+Same bits additionally need: same torch build (version + wheel), same thread count, same code
+and data order. CUDA: see :data:`CUDA_NOTE`. ARM (aarch64) never matches x86-64 bits.
+
+This module deliberately does not import torch at module level.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from reprolab.core.errors import ReprolabError
+
+__all__ = [
+    "CUDA_NOTE",
+    "CUDA_WORKSPACE_CONFIG",
+    "MODES",
+    "PORTABLE_ENV",
+    "NumericsTooLateError",
+    "apply",
+    "configure_cuda_determinism",
+    "describe",
+    "machine_supports_portable",
+]
+
+MODES: tuple[str, ...] = ("portable", "native")
+
+#: Env caps that make CPU float results identical on every x86-64 CPU with AVX2.
+PORTABLE_ENV: dict[str, str] = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_CBWR": "AVX2",
+    # numpy/scipy's OpenBLAS (the scikit-learn baselines): its AVX2 kernel set.
+    "OPENBLAS_CORETYPE": "Haswell",
+}
+
+#: cuBLAS needs a fixed workspace config for deterministic GEMMs (with deterministic algorithms).
+CUDA_WORKSPACE_CONFIG: str = ":4096:8"
+
+CUDA_NOTE: str = (
+    "CUDA: the backend-configuring function must set CUBLAS_WORKSPACE_CONFIG=:4096:8 (before "
+    "the first cuBLAS call) and torch.use_deterministic_algorithms(True) (plus "
+    "torch.backends.cudnn.benchmark=False). That makes repeated runs on the same GPU model, "
+    "driver and torch/CUDA build bit-identical; bit equality across GPU models, or between GPU "
+    "and CPU, is not promised."
+)
+
+_TRUE_CAPABILITY = "AVX2"  # what torch.backends.cpu.get_cpu_capability() reports when capped
+
+
+class NumericsTooLateError(ReprolabError):
+    """torch was imported before ``apply("portable")``, with kernels not capped to AVX2."""
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"numerics mode must be one of {MODES}, got {mode!r}")
+
+
+def apply(mode: str) -> None:
+    """Configure the process environment for ``mode`` ("portable" or "native").
+
+    ``portable`` overwrites ``os.environ`` with :data:`PORTABLE_ENV` (user values such as
+    ``ATEN_CPU_CAPABILITY=avx512`` are replaced, not kept). It must be called before torch is
+    imported; if torch is already in ``sys.modules`` and its CPU capability is not AVX2, the
+    caps can no longer take effect and :class:`NumericsTooLateError` is raised.
+    ``native`` leaves the environment untouched.
+    """
+    _check_mode(mode)
+    if mode == "native":
+        return
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        cap = torch.backends.cpu.get_cpu_capability()
+        if cap != _TRUE_CAPABILITY:
+            raise NumericsTooLateError(
+                f"numerics mode 'portable' requested but torch is already imported with CPU "
+                f"capability {cap!r} (need {_TRUE_CAPABILITY!r}); the kernel caps are read "
+                f"only when torch loads. Call numerics.apply('portable') before anything "
+                f"imports torch (first lines of the entry point), or start the process with "
+                + " ".join(f"{k}={v}" for k, v in PORTABLE_ENV.items())
+                + "."
+            )
+    os.environ.update(PORTABLE_ENV)
+
+
+def machine_supports_portable() -> bool:
+    """True if this is an x86-64 CPU with AVX2 (the precondition of the portable promise)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx2" in line.split()
+    except OSError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:  # non-Linux fallback: ask torch what the CPU could do natively
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    return False
+
+
+def describe(mode: str) -> dict[str, str]:
+    """Flat ``str -> str`` description of the numerics in force (for MLflow tags / JSON).
+
+    Call after torch is imported. ``portable_ok`` is "true" only if the mode is portable, the
+    machine is x86-64 with AVX2 and torch actually runs AVX2 kernels with all caps in force.
+    """
+    _check_mode(mode)
+    import torch
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    supported = machine_supports_portable()
+    caps_in_force = all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items())
+    out = {
+        "numerics.mode": mode,
+        "numerics.torch_version": torch.__version__,
+        "numerics.cpu_capability": cap,
+        "numerics.threads": str(torch.get_num_threads()),
+        "numerics.machine": platform.machine(),
+        "numerics.machine_supports_portable": str(supported).lower(),
+        "numerics.portable_ok": str(
+            mode == "portable" and supported and caps_in_force and cap == _TRUE_CAPABILITY
+        ).lower(),
+    }
+    for k in PORTABLE_ENV:
+        out[f"numerics.env.{k}"] = os.environ.get(k, "")
+    return out
+
+
+def configure_cuda_determinism() -> None:
+    """Deterministic CUDA settings (see :data:`CUDA_NOTE`); call before the first cuBLAS use.
+
+    Overrides CUBLAS_WORKSPACE_CONFIG. Same-GPU-model repeatability only.
+    """
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUDA_WORKSPACE_CONFIG
+    import torch
+
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
