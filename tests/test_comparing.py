@@ -1,9 +1,11 @@
 """Comparing runs: the HTML report, dvc exp/metrics/plots, `make ui` (checked in headless
-Chromium, screenshot kept) and `make dashboard`, on the shared TINY pipeline run."""
+Chromium; screenshots kept in $REPROLAB_SCREENSHOTS when set) and `make dashboard`, on the
+shared TINY pipeline run."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,12 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, run, server
+from conftest import free_port, run, server
 
 pytestmark = pytest.mark.slow
 
 MODELS = ("mlp", "lenet")
-SCREENSHOTS = REPO / "bench" / "out"
 
 
 def test_html_report_has_leaderboard_and_every_figure(tiny_pipeline: dict) -> None:
@@ -121,13 +122,14 @@ def test_make_ui_lists_the_runs_with_their_metrics(tiny_pipeline: dict, tmp_path
             f"&experiments={urllib.parse.quote(json.dumps([experiment]))}"
         )
         compare_text = _text(_chromium(compare, tmp_path / "p2"))
-        shot = tmp_path / "mlflow-runs.png"
+        # Kept where REPROLAB_SCREENSHOTS says (to look at them), else in the test's tmp dir;
+        # never in the checkout.
+        screenshots = Path(os.environ.get("REPROLAB_SCREENSHOTS") or tmp_path / "screenshots")
+        screenshots.mkdir(parents=True, exist_ok=True)
+        shot = screenshots / "mlflow-runs.png"
         _chromium(runs_page, tmp_path / "p3", screenshot=shot)
-        _chromium(compare, tmp_path / "p4", screenshot=tmp_path / "mlflow-compare.png")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for name in ("mlflow-runs.png", "mlflow-compare.png"):
-        shutil.copy(tmp_path / name, SCREENSHOTS / name)
-    print(f"screenshots: {SCREENSHOTS}/mlflow-runs.png, mlflow-compare.png")
+        _chromium(compare, tmp_path / "p4", screenshot=screenshots / "mlflow-compare.png")
+    print(f"screenshots: {shot}, {screenshots / 'mlflow-compare.png'}")
     assert "reprolab-digits" in runs_text
     for model in MODELS:
         assert re.search(rf"\b{model}\b", runs_text), runs_text[:2000]
@@ -138,6 +140,7 @@ def test_make_ui_lists_the_runs_with_their_metrics(tiny_pipeline: dict, tmp_path
         value = parent.data.metrics["test_accuracy"]
         assert f"{value:.3f}".rstrip("0") in compare_text
     assert shot.stat().st_size > 10_000
+    assert (screenshots / "mlflow-compare.png").stat().st_size > 10_000
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")

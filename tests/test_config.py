@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
+import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,15 @@ import pytest
 import yaml
 from conftest import REPO, clean_env, deep_merge
 
+from reprolab import cli
+from reprolab.core import stage
 from reprolab.core.errors import ParamsError
 from reprolab.core.params import load_params, validate_params
 
 DEFAULT = yaml.safe_load((REPO / "params.yaml").read_text())
 
 BAD = {
+    # case: (params override, the key named, the value named on that key's line)
     "unknown model arch": (
         {"classifiers": {"mlp": {"arch": "transformer"}}},
         "classifiers.mlp.arch",
@@ -34,13 +38,13 @@ BAD = {
     "conv arch on feature rows": (
         {"regressors": {"tabular_mlp": {"arch": "lenet"}}},
         "regressors.tabular_mlp.arch",
-        "image input",
+        "'lenet' takes image input",
     ),
     "unknown baseline": ({"baselines": {"tabular": ["lasso"]}}, "baselines.tabular.0", "lasso"),
     "unknown device": ({"device": "tpu"}, "device", "tpu"),
-    "unknown dataset": ({"datasets": {"image": "imagenet"}}, "datasets", "imagenet"),
-    "old single dataset key": ({"dataset": "mnist"}, "dataset", "unknown key"),
-    "typo'd key": ({"tune": {"n_trial": 5}}, "tune.n_trial", "5"),
+    "unknown dataset": ({"datasets": {"image": "imagenet"}}, "datasets.image", "imagenet"),
+    "old single dataset key": ({"dataset": "mnist"}, "dataset", "unknown key (got 'mnist')"),
+    "typo'd key": ({"tune": {"n_trial": 5}}, "tune.n_trial", "(got 5)"),
     "bad model option": (
         {"classifiers": {"mlp": {"options": {"dropout": 2.0}}}},
         "classifiers.mlp.options.dropout",
@@ -54,33 +58,84 @@ BAD = {
 }
 
 
-def run_stage_script(script: str, model: str, cwd: Path) -> subprocess.CompletedProcess:
-    """A stage script of this checkout, run in ``cwd`` (which holds only params.yaml)."""
-    return subprocess.run(
-        [sys.executable, str(REPO / "stages" / script), model],
-        cwd=cwd,
-        env=clean_env(PYTHONPATH=str(REPO / "src")),
-        capture_output=True,
-        text=True,
-    )
+def model_of(key: str) -> str:
+    return "tabular_mlp" if "tabular_mlp" in key else "mlp"
+
+
+def names(message: str, key: str, value: str) -> bool:
+    """A line of ``message`` is about ``key`` (``key: ...``) and shows ``value``."""
+    line = rf"^(error: )?(params\.yaml: )?\s*{re.escape(key)}: .*{re.escape(value)}"
+    return re.search(line, message, flags=re.M) is not None
+
+
+def stage_error(
+    script: str, arg: str, params: dict, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """What ``stages/<script> <arg>`` exits with on ``params``, run in this process: the
+    script's own run_stage flags pick the models and dataset kinds validated, as in a real
+    run; a body that would start work fails the test instead."""
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    real_run_stage = stage.run_stage
+
+    def no_work(params, args) -> None:
+        raise AssertionError(f"{script} {arg}: params passed validation")
+
+    def validate_only(description, body, **flags) -> None:
+        real_run_stage(description, no_work, **flags)
+
+    monkeypatch.setattr(stage, "run_stage", validate_only)
+    monkeypatch.setattr(sys, "argv", [script, arg])
+    monkeypatch.chdir(folder)
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "stages" / script), run_name="__main__")
+    assert sorted(p.name for p in folder.iterdir()) == ["params.yaml"]  # nothing produced
+    message = str(exit_.value.code)
+    assert message.startswith("error: "), message  # a known error, not a crash
+    return message
 
 
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
-def test_bad_params_stop_a_stage_naming_key_and_value(case: str, tmp_path: Path) -> None:
+def test_bad_params_stop_a_stage_naming_key_and_value(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     override, key, value = BAD[case]
+    message = stage_error(
+        "tune.py", model_of(key), deep_merge(DEFAULT, override), tmp_path, monkeypatch
+    )
+    assert names(message, key, value), message
+
+
+def test_a_stage_script_on_bad_params_exits_with_one_error_line(tmp_path: Path) -> None:
+    """The real process: non-zero status, one `error:` line, no traceback, no output."""
+    override, key, value = BAD["conv arch on feature rows"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(deep_merge(DEFAULT, override)))
-    model = "tabular_mlp" if "tabular_mlp" in key else "mlp"
-    result = run_stage_script("tune.py", model, tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "tune.py"), model_of(key)],
+        cwd=tmp_path,
+        env=clean_env(PYTHONPATH=str(REPO / "src")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
-    assert key in result.stderr and value in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and names(lines[0], key, value), result.stderr
+    assert lines[0].startswith("error: ") and result.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing produced
 
 
-def test_a_model_missing_from_params_is_named(tmp_path: Path) -> None:
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    result = run_stage_script("train.py", "vgg", tmp_path)
-    assert result.returncode != 0 and "vgg: no such model" in result.stderr
+def test_one_bad_classifier_is_one_error(tmp_path: Path, monkeypatch) -> None:
+    """Not also a false one about the generators' scorer, which is a valid classifier."""
+    override, key, _ = BAD["unknown model arch"]
+    message = stage_error("tune.py", "mlp", deep_merge(DEFAULT, override), tmp_path, monkeypatch)
+    assert "1 invalid value(s)" in message and "scorer" not in message, message
+
+
+def test_a_model_missing_from_params_is_named(tmp_path: Path, monkeypatch) -> None:
+    message = stage_error("train.py", "vgg", DEFAULT, tmp_path, monkeypatch)
+    assert "vgg: no such model" in message, message
+    assert re.search(r"have: .*\bmlp\b", message), message  # and the models it has
 
 
 def test_the_shipped_params_are_valid() -> None:
@@ -107,15 +162,16 @@ def test_all_arch_options_are_checked_by_default() -> None:
         validate_params(bad)
 
 
-def test_reprolab_check_validates_every_model(tmp_path: Path) -> None:
+def test_reprolab_check_validates_every_model(tmp_path: Path, capsys) -> None:
     bad = deep_merge(DEFAULT, {"classifiers": {"cnn": {"options": {"width": 0}}}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
-    cmd = [sys.executable, "-m", "reprolab.cli", "check"]
-    env = clean_env(PYTHONPATH=str(REPO / "src"))
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "classifiers.cnn.options.width" in result.stderr
-    ok = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check", "--params", str(tmp_path / "params.yaml")])
+    message = str(exit_.value.code)
+    assert message.startswith("error: ") and "classifiers.cnn.options.width" in message, message
+    cli.main(["check", "--params", str(REPO / "params.yaml")])
+    out = capsys.readouterr().out
+    assert "params.yaml: valid; classifiers on " in out and "regressors on " in out, out
 
 
 def test_a_model_name_is_unique_across_groups() -> None:
@@ -124,13 +180,11 @@ def test_a_model_name_is_unique_across_groups() -> None:
         validate_params(twice, options_of=[])
 
 
-def test_a_dataset_of_the_wrong_kind_stops_its_data_stage(tmp_path: Path) -> None:
+def test_a_dataset_of_the_wrong_kind_stops_its_data_stage(tmp_path: Path, monkeypatch) -> None:
     bad = deep_merge(DEFAULT, {"datasets": {"tabular": "mnist"}})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
-    result = run_stage_script("download.py", "tabular", tmp_path)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "datasets.tabular: 'mnist' is a(n) image dataset" in result.stderr, result.stderr
-    assert "diabetes" in result.stderr  # names the datasets of that kind
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    message = stage_error("download.py", "tabular", bad, tmp_path, monkeypatch)
+    assert "datasets.tabular: 'mnist' is a(n) image dataset" in message, message
+    assert "diabetes" in message  # names the datasets of that kind
+    validate_params(bad, kinds_of=["image"])  # the image stages are not stopped
     with pytest.raises(ParamsError, match="datasets.tabular: 'mnist'"):
         validate_params(bad)  # reprolab check: every kind

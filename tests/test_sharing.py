@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BIN, free_port, md5s, run, server, stages_run
+from conftest import BIN, copy_repo, free_port, md5s, run, server, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +62,11 @@ def _table(stdout: str) -> list[list[str]]:
     return [line.split("\t") for line in stdout.strip().splitlines()[1:]]
 
 
-def test_push_then_pull_in_a_fresh_clone_reproduces_nothing(tiny_pipeline: dict) -> None:
-    repo = tiny_pipeline["repo"]
+def test_push_then_pull_in_a_fresh_clone_reproduces_nothing(
+    tiny_pipeline: dict, tmp_path: Path
+) -> None:
+    # It commits and pushes: on its own copy, so the shared run stays as every test found it.
+    repo = copy_repo(tiny_pipeline["repo"], tmp_path / "repo")
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "pipeline run", "--allow-empty"], repo)
     run(["dvc", "push"], repo)
@@ -77,6 +80,7 @@ def test_push_then_pull_in_a_fresh_clone_reproduces_nothing(tiny_pipeline: dict)
     assert stages_run(result.stdout) == [], result.stdout
     assert md5s(clone, SHARED) == md5s(repo, SHARED)
     assert "up to date" in run(["dvc", "status"], clone).stdout
+    assert not any(tiny_pipeline["repo"].parent.glob("reprolab-dvc-remote"))  # the copy's own
 
 
 def test_report_aliases_the_best_model_by_validation_as_champion(tiny_pipeline: dict) -> None:

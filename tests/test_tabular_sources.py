@@ -92,14 +92,44 @@ def test_california_housing_bad_archive_names_the_sha256(tmp_path: Path) -> None
 def test_negative_regression_targets_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from reprolab.data import fetch
     from reprolab.data.fetch import Arrays, check_arrays
 
     bad = Arrays(x=np.zeros((5, 2), np.float32), y=np.array([1, 2, -3, 4, 5], np.float32))
     bad.task = "regression"
     with pytest.raises(DataError, match="target min is -3.0.*RMSLE"):
         check_arrays(bad, "mine")
-    assert fetch.CACHE  # the download cache the online path fills
+
+
+def test_california_housing_online_downloads_once_into_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No mirror: the archive is downloaded (a file:// URL here) into the user cache, checked,
+    copied to raw/; a second fetch reads the cache; offline with an empty cache is an error."""
+    from reprolab.data import fetch
+
+    served = tmp_path / "server" / "5976036"
+    served.parent.mkdir()
+    table = cal_housing_archive(served)
+    digest = f"sha256:{hashlib.sha256(served.read_bytes()).hexdigest()}"
+    monkeypatch.setitem(california_housing.FILES, "cal_housing.tgz", digest)
+    monkeypatch.setattr(california_housing, "URL", served.as_uri())
+    monkeypatch.setattr(fetch, "CACHE", tmp_path / "cache")  # never the user's ~/.cache
+
+    fetch_dataset("california_housing", tmp_path / "raw")
+    cached = tmp_path / "cache" / "california_housing" / "cal_housing.tgz"
+    assert f"sha256:{hashlib.sha256(cached.read_bytes()).hexdigest()}" == digest
+    assert [p.name for p in cached.parent.iterdir()] == ["cal_housing.tgz"]  # no .part left
+    assert (tmp_path / "raw" / "cal_housing.tgz").read_bytes() == served.read_bytes()
+    assert np.allclose(load_raw("california_housing", tmp_path / "raw").y, table[:, 8] / 1e5)
+
+    served.unlink()  # offline from now on: the cached copy is used, not fetched again
+    fetch_dataset("california_housing", tmp_path / "again")
+    assert (tmp_path / "again" / "cal_housing.tgz").read_bytes() == cached.read_bytes()
+
+    cached.unlink()
+    with pytest.raises(DataError, match=f"cal_housing.tgz is in neither.*{digest}"):
+        fetch_dataset("california_housing", tmp_path / "offline")
+    assert not (tmp_path / "offline").exists()
 
 
 def test_split_meta_of_a_regression_is_json(tmp_path: Path) -> None:

@@ -253,7 +253,9 @@ class Params(_Strict):
     def _scored_by_classifiers(
         cls, generators: dict[str, GeneratorSpec], info: ValidationInfo
     ) -> dict[str, GeneratorSpec]:
-        classifiers = info.data.get("classifiers") or {}
+        if "classifiers" not in info.data:
+            return generators  # classifiers failed validation: that error is the one to report
+        classifiers = info.data["classifiers"]
         for name, spec in generators.items():
             scorer = spec.scorer
             if scorer.model not in classifiers:
