@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,13 +49,18 @@ def load_model(
     device: torch.device | str = "cpu",
     build: Callable[[ModelSpec], nn.Module] = build_model,
     stage: str = "train",
+    shown: str | None = None,
 ) -> tuple[nn.Module, dict]:
     """Rebuild with ``build`` from model.json and load weights with ``weights_only=True`` (no
-    pickle code); a missing or corrupt file names the stage (``<stage>@<model>``) to rerun."""
+    pickle code); a missing or corrupt file names the stage (``<stage>@<model>``) to rerun.
+    ``shown`` names the files' origin in messages instead (a registry version's URI)."""
     spec_path, weights_path = folder / SPEC_FILE, folder / MODEL_FILE
+    rerun = f"run `dvc repro {stage}@{folder.name}`"
+    if shown is not None:
+        rerun = f"register it again with `dvc repro {stage}@<model>`"
     for path in (spec_path, weights_path):
         if not path.is_file():
-            raise CheckpointError(f"{path}: not found; run `dvc repro {stage}@{folder.name}` first")
+            raise CheckpointError(f"{shown or path}: {path.name} not found; {rerun} first")
     info = json.loads(spec_path.read_text())
     model = build(ModelSpec.from_json(info))
     try:
@@ -61,10 +68,22 @@ def load_model(
         model.load_state_dict(state)
     except Exception as err:  # torch raises several types for a corrupt zip/pickle
         raise CheckpointError(
-            f"{weights_path}: cannot load ({type(err).__name__}: {err}); the file is corrupt, "
-            f"delete it and run `dvc repro {stage}@{folder.name}`"
+            f"{shown or weights_path}: cannot load {MODEL_FILE} ({_load_fault(err)}); the file "
+            f"is corrupt or not a state dict, delete it and {rerun}"
         ) from None
     return model.to(device).eval(), info
+
+
+def _load_fault(err: Exception) -> str:
+    """One line for a failed weights-only load (torch's own message spans many lines and
+    suggests ``weights_only=False``, which would run the file's pickled code)."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError):
+        found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        detail = found.group(1).strip() if found else "not plain tensors"
+        return f"it holds pickled objects besides tensors, never unpickled here: {detail}"
+    lines = text.strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def params_hash(obj: dict) -> str:
@@ -146,6 +165,7 @@ def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, 
         about=about,
         weights_md5=weights_md5,
         params={**train_params, **{k: str(v) for k, v in run_record.items()}},
+        folder=paths.model_dir(ctx.name),
     )
 
 
@@ -162,10 +182,15 @@ def log_final_model(
     weights_md5: str,
     params: dict | None = None,
     version_tags: dict[str, str] | None = None,
+    folder: Path | None = None,
 ) -> None:
     """On the model's parent run: the final epochs (``final.*``), the final metrics, and the
     served model logged with signature and registered as ``<dataset>-<model>``, its version
-    tagged with git sha, data md5s, params hash, device and the weights' md5."""
+    tagged with git sha, data md5s, params hash, device and the weights' md5.
+
+    ``folder`` (the DVC model folder): its model.pt + model.json travel with the logged model
+    as ``extra_files/``, so `reprolab predict` rebuilds the network from them (weights_only)
+    and never loads the served flavour, which `mlflow models serve` unpickles."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -190,6 +215,9 @@ def log_final_model(
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             params=params,
             metadata=about,
+            extra_files=None
+            if folder is None
+            else [str(folder / MODEL_FILE), str(folder / SPEC_FILE)],
         )
     version = info.registered_model_version
     if version is not None:
