@@ -41,7 +41,10 @@ def open_image(
             with Image.open(path) as image:
                 return image.convert(mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise error(f"{path}: refused, a possible decompression bomb ({err}); {advice}") from None
+        raise error(
+            f"{path}: refused, a possible decompression bomb ({err}); downscale it below "
+            f"{Image.MAX_IMAGE_PIXELS} pixels, or {advice}"
+        ) from None
     except Exception as err:  # PIL's decoders raise OSError, SyntaxError, ValueError, EOFError...
         lines = str(err).strip().splitlines()
         reason = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
