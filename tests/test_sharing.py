@@ -112,17 +112,13 @@ def test_predict_images_and_csv_from_registry_and_dvc_folder(
     images, rows, labels = _write_inputs(repo, tmp_path)
     files = [str(p) for p in images] + [str(rows)]
     outputs = {}
-    for ref, flavor in (
-        (f"models:/digits-{best}@champion", "pytorch"),
-        (f"models:/digits-{best}@champion", "pyfunc"),
-        (f"models/{best}", "auto"),
-    ):
-        table = _table(_predict(repo, "--model", ref, "--flavor", flavor, *files).stdout)
+    for ref in (f"models:/digits-{best}@champion", f"models/{best}"):
+        table = _table(_predict(repo, "--model", ref, *files).stdout)
         assert len(table) == 2 * len(labels), table
-        outputs[(ref, flavor)] = [row[1] for row in table]
+        outputs[ref] = [row[1] for row in table]
         for row in table:
             assert row[1] in {str(c) for c in range(10)} and 0 < float(row[2]) <= 1
-    # pytorch flavour, pyfunc and the DVC folder are one model: the same answers.
+    # The registry version (its logged state dict) and the DVC folder: the same answers.
     assert len(set(map(tuple, outputs.values()))) == 1, outputs
     predicted = next(iter(outputs.values()))
     # An 8-bit PNG is rescaled to the digits' 0..16 range: the image and its CSV row agree.

@@ -85,7 +85,7 @@ def predict(args: argparse.Namespace) -> None:
     """Print a model's prediction for each image file or CSV row."""
     from reprolab.predict import load_predictor, predict_files
 
-    predictor = load_predictor(args.model, args.flavor)
+    predictor = load_predictor(args.model)
     print("input\tprediction\tprobability")
     for record in predict_files(predictor, args.files):
         print(f"{record['input']}\t{record['prediction']}\t{record['probability']:.4f}")
@@ -142,12 +142,6 @@ def main(argv: list[str] | None = None) -> None:
         required=True,
         help="an MLflow model URI (models:/digits-cnn@champion, models:/digits-cnn/2, "
         "runs:/<id>/model) or a DVC model folder (models/cnn)",
-    )
-    p.add_argument(
-        "--flavor",
-        choices=("auto", "pytorch", "pyfunc"),
-        default="auto",
-        help="how to load an MLflow model (default: pytorch when logged with it)",
     )
     p.add_argument("files", nargs="+", help="image files (PNG, JPEG, ...) or CSV files of rows")
     p.set_defaults(func=predict)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,13 +43,18 @@ def load_model(
     device: torch.device | str = "cpu",
     build: Callable[[ModelSpec], nn.Module] = build_model,
     stage: str = "train",
+    shown: str | None = None,
 ) -> tuple[nn.Module, dict]:
     """Rebuild with ``build`` from model.json and load weights with ``weights_only=True`` (no
-    pickle code); a missing or corrupt file names the stage (``<stage>@<model>``) to rerun."""
+    pickle code); a missing or corrupt file names the stage (``<stage>@<model>``) to rerun.
+    ``shown`` names the files' origin in messages instead (a registry version's URI)."""
     spec_path, weights_path = folder / SPEC_FILE, folder / MODEL_FILE
+    rerun = f"run `dvc repro {stage}@{folder.name}`"
+    if shown is not None:
+        rerun = f"register it again with `dvc repro {stage}@<model>`"
     for path in (spec_path, weights_path):
         if not path.is_file():
-            raise CheckpointError(f"{path}: not found; run `dvc repro {stage}@{folder.name}` first")
+            raise CheckpointError(f"{shown or path}: {path.name} not found; {rerun} first")
     info = json.loads(spec_path.read_text())
     model = build(ModelSpec.from_json(info))
     try:
@@ -55,10 +62,22 @@ def load_model(
         model.load_state_dict(state)
     except Exception as err:  # torch raises several types for a corrupt zip/pickle
         raise CheckpointError(
-            f"{weights_path}: cannot load ({type(err).__name__}: {err}); the file is corrupt, "
-            f"delete it and run `dvc repro {stage}@{folder.name}`"
+            f"{shown or weights_path}: cannot load {MODEL_FILE} ({_load_fault(err)}); the file "
+            f"is corrupt or not a state dict, delete it and {rerun}"
         ) from None
     return model.to(device).eval(), info
+
+
+def _load_fault(err: Exception) -> str:
+    """One line for a failed weights-only load (torch's own message spans many lines and
+    suggests ``weights_only=False``, which would run the file's pickled code)."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError):
+        found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        detail = found.group(1).strip() if found else "not plain tensors"
+        return f"it holds pickled objects besides tensors, never unpickled here: {detail}"
+    lines = text.strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def model_metadata(meta: dict, input_max: float) -> dict:

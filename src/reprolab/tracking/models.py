@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -41,10 +42,15 @@ def log_final_model(
     weights_md5: str,
     params: dict | None = None,
     version_tags: dict[str, str] | None = None,
+    folder: Path | None = None,
 ) -> None:
     """On the model's parent run: the final epochs (``final.*``), the final metrics, and the
     served model logged with signature and registered as ``<dataset>-<model>``, its version
-    tagged with git sha, data md5s, params hash, device and the weights' md5."""
+    tagged with git sha, data md5s, params hash, device and the weights' md5.
+
+    ``folder`` (the DVC model folder): its model.pt + model.json travel with the logged model
+    as ``extra_files/``, so `reprolab predict` rebuilds the network from them (weights_only)
+    and never loads the served flavour, which `mlflow models serve` unpickles."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -69,6 +75,9 @@ def log_final_model(
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             params=params,
             metadata=about,
+            extra_files=None
+            if folder is None
+            else [str(folder / "model.pt"), str(folder / "model.json")],
         )
     version = info.registered_model_version
     if version is not None:

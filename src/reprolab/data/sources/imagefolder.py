@@ -3,22 +3,52 @@
 The transfer-learning tutorial's layout with published splits, ``root/train/<class>/...``
 plus ``root/val/<class>/...`` (or ``test/``), is recognised too: val/test becomes the
 published test split. Images are resized to ``imagefolder.image_size`` square RGB, uint8.
+Every image is decoded once while copied: a file that PIL cannot decode (empty, truncated,
+corrupt) or a decompression bomb stops the download naming the user's file.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from reprolab.core.errors import DataError
+from reprolab.core.errors import DataError, ReprolabError
 from reprolab.data.fetch import Arrays
 
 FILES: dict[str, str] = {}  # a user's own tree: DVC hashes every copied file instead
 OPTIONS_FILE = "imagefolder.json"
 TEST_DIRS = ("val", "test")
+FIX_TREE = "replace or remove it in imagefolder.path, then rerun `dvc repro`"
+
+
+def open_image(
+    path: Path, mode: str, error: type[ReprolabError] = DataError, advice: str = FIX_TREE
+):
+    """``path`` decoded whole into ``mode`` ("L", "RGB"). A file PIL cannot identify or decode
+    (empty, truncated, corrupt) or one over PIL's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``, refused before any pixel is decoded) raises ``error``: one
+    line naming ``path`` and ``advice``."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            # Over MAX_IMAGE_PIXELS PIL only warns (an error from twice that): refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.convert(mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise error(
+            f"{path}: refused, a possible decompression bomb ({err}); downscale it below "
+            f"{Image.MAX_IMAGE_PIXELS} pixels, or {advice}"
+        ) from None
+    except Exception as err:  # PIL's decoders raise OSError, SyntaxError, ValueError, EOFError...
+        lines = str(err).strip().splitlines()
+        reason = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+        raise error(f"{path}: cannot decode as an image ({reason}); {advice}") from None
 
 
 def copy_into(dest: Path, options: dict) -> None:
@@ -32,6 +62,7 @@ def copy_into(dest: Path, options: dict) -> None:
         raise DataError(f"imagefolder.path: folder {str(root)!r} does not exist")
     for file in sorted(root.rglob("*")):
         if file.is_file() and file.suffix.lower() in IMG_EXTENSIONS:
+            open_image(file, "RGB")  # a bad file is named here, not as its copy in a temp dir
             target = dest / file.relative_to(root)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(file, target)
@@ -42,7 +73,7 @@ def _read(folder: Path, size: int, class_to_idx: dict[str, int] | None = None):
     from PIL import Image
     from torchvision.datasets import ImageFolder
 
-    data = ImageFolder(str(folder), loader=lambda p: Image.open(p).convert("RGB"))
+    data = ImageFolder(str(folder), loader=lambda p: open_image(Path(p), "RGB"))
     if class_to_idx is not None and data.class_to_idx != class_to_idx:
         raise DataError(
             f"{folder}: classes {data.classes} differ from train's {list(class_to_idx)}"

@@ -122,4 +122,5 @@ def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, 
         about=about,
         weights_md5=weights_md5,
         params={**train_params, **{k: str(v) for k, v in run_record.items()}},
+        folder=paths.model_dir(ctx.name),
     )
