@@ -6,7 +6,8 @@ from reprolab.core.stage import run_stage
 
 
 def main(params, args) -> None:
-    from reprolab.report.leaderboard import champion_weights_md5, write_report
+    from reprolab.report.leaderboard import champion_weights_md5
+    from reprolab.report.render import write_report
     from reprolab.tracking.models import promote_champion
 
     for section, rows in write_report(params):

@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from reprolab.core import numerics
 from reprolab.core.checkout import copy_sources
+
+# The tests' own process computes with the pipeline's default numerics, set before any test
+# module imports torch (its CPU kernels are chosen when it loads), as every stage does.
+numerics.apply("portable")
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

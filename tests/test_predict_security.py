@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from reprolab.cli import main
-from reprolab.learn.checkpoints import log_final_model, save_model
+from reprolab.learn.checkpoints import save_model
 from reprolab.models._base import ModelSpec, build_model
+from reprolab.tracking.models import log_final_model
 
 ABOUT = {"task": "classification", "classes": ["a", "b", "c"], "input_max": 16.0}
 

@@ -10,7 +10,7 @@ import pytest
 
 from reprolab.core.io import write_json, write_text
 from reprolab.core.params import validate_params
-from reprolab.report.leaderboard import write_report
+from reprolab.report.render import write_report
 
 TRIALS = "trial\tstate\tvalue\tlr\tweight_decay\tepochs\n" + "".join(
     f"{i}\t{s}\t{v}\t{lr}\t{wd}\t2\n"

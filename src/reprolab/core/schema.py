@@ -5,11 +5,9 @@ reprolab.core.params loads and validates a file against it before any stage does
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
@@ -18,15 +16,7 @@ from pydantic import (
 
 from reprolab.core import registry
 from reprolab.core.errors import ParamsError
-
-
-class _Strict(BaseModel):
-    # A typo'd key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-PositiveInt = Annotated[int, Field(ge=1)]
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+from reprolab.core.specs import Fraction, GeneratorSpec, ModelSpec, PositiveInt, _Strict
 
 
 class LogRange(_Strict):
@@ -112,56 +102,6 @@ class TrainParams(_Strict):
     # The command dvc.yaml runs stages/train.py with: python, or torchrun for several
     # processes (DistributedDataParallel), e.g. "torchrun --standalone --nproc_per_node 2".
     launcher: str = "python"
-
-
-class Budget(_Strict):
-    """Per-model overrides of the shared tuning and training budget (heavy models get less)."""
-
-    n_trials: PositiveInt | None = None  # tune.n_trials for this model
-    epochs: PositiveInt | None = None  # tune.epochs for this model
-    max_epochs: PositiveInt | None = None  # train.max_epochs for this model
-
-
-class ModelSpec(_Strict):
-    """One model entry; ``arch`` names a module in reprolab.models."""
-
-    arch: str
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
-    batch_size: PositiveInt = 64
-    options: dict[str, Any] = Field(default_factory=dict)
-    budget: Budget = Budget()
-
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, arch: str) -> str:
-        known = registry.model_names()
-        if arch not in known:
-            raise ValueError(f"unknown model architecture {arch!r}; known: {', '.join(known)}")
-        return arch
-
-
-class ScorerSpec(_Strict):
-    """The classifier whose features score a generator: a key of ``classifiers:`` and its
-    arch, repeated because dvc.yaml lists the arch's module as a dep and cannot look it up."""
-
-    model: str
-    arch: str
-
-
-class GeneratorSpec(ModelSpec):
-    """A ``generators:`` entry: a GAN (a generative arch) on the image dataset, tuned, kept and
-    tested on the Fréchet distance in ``scorer``'s features (see reprolab.learn.features). Its
-    optimisers are the tutorial's two Adams (beta1 in ``options``); ``budget`` as for models."""
-
-    scorer: ScorerSpec
-
-    @field_validator("optimizer")
-    @classmethod
-    def _adam(cls, optimizer: str) -> str:
-        if optimizer != "adam":
-            raise ValueError("a GAN trains with two Adam optimisers (beta1 in options)")
-        return optimizer
 
 
 class DatasetsParams(_Strict):

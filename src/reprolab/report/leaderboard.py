@@ -1,22 +1,20 @@
 """The report: every model ranked by its validation metric, test metrics beside it, and
 figures, as ``reports/summary.md`` and ``reports/index.html`` (+ ``reports/figures/*.png``).
 
-summary.md and the figures are drawn from DVC-tracked files only, so they are byte-identical
-across reruns. index.html adds one column that cannot be: the wall-clock training time,
-read from the MLflow store (the metric ``train_seconds`` of each model's run).
+Every file is drawn from DVC-tracked files only, so the report is byte-identical across
+reruns and machines; the wall-clock training times (MLflow's ``train_seconds``) go to the
+untracked reports/train_times.tsv.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass
 
 from reprolab.core import paths
-from reprolab.core.io import atomic_dir, write_text
+from reprolab.core.io import atomic_dir
 from reprolab.core.schema import Params
 from reprolab.report.figures import draw_figures
-from reprolab.tracking.models import CHAMPION, registered_name
 from reprolab.tracking.runs import logged_metrics
 
 FIGURES_DIR = "figures"
@@ -150,143 +148,8 @@ def leaderboard_rows(params: Params, section: Section) -> list[dict]:
     return rows
 
 
-def _cells(section: Section, rank: int, r: dict) -> list[str]:
-    return [
-        str(rank),
-        r["model"],
-        r["arch"],
-        f"{r['val'][section.rank_metric]:.4f}",
-        *(f"{r[which][key]:.4f}" for _, which, key in section.columns),
-        r["lr"],
-        r["weight_decay"],
-        r["params"],
-        r["epochs"],
-        r["parameters"],
-    ]
-
-
-def _header(section: Section) -> list[str]:
-    metric = {"rmsle": "RMSLE", "fid": "Fréchet distance"}.get(
-        section.rank_metric, section.rank_metric
-    )
-    return [
-        "rank",
-        "model",
-        "arch",
-        f"val {metric}",
-        *(h for h, _, _ in section.columns),
-        "lr",
-        "weight decay",
-        "params",
-        "best epoch / epochs",
-        "parameters",
-    ]
-
-
-def _title(section: Section) -> str:
-    order = "higher is better" if section.higher_is_better else "lower is better"
-    return f"{section.group.capitalize()} on {section.dataset} (ranked by validation, {order})"
-
-
-def champion_uri(section: Section, rows: list[dict]) -> str | None:
-    best = next((r for r in rows if r["arch"] != "scikit-learn baseline"), None)
-    if best is None:
-        return None
-    return f"models:/{registered_name(section.dataset, best['model'])}@{CHAMPION}"
-
-
-INTRO = (
-    "Each table ranks by a validation metric; test metrics come from the single final "
-    "evaluation. scikit-learn baselines are chosen on validation too. Training time is "
-    "wall-clock: summary.md (byte-identical across reruns) leaves it out; index.html shows "
-    "it from MLflow (metric `train_seconds`)."
-)
-
-
-def render_markdown(params: Params, boards: list[tuple[Section, list[dict]]], figures: dict) -> str:
-    lines = ["# reprolab leaderboard", "", INTRO]
-    for section, rows in boards:
-        header = _header(section)
-        lines += ["", f"## {_title(section)}", ""]
-        if section.note:
-            lines += [section.note, ""]
-        uri = champion_uri(section, rows)
-        if uri:
-            lines += [f"Champion (alias `{CHAMPION}` in the MLflow Model Registry): `{uri}`", ""]
-        lines += [
-            "| " + " | ".join(header) + " |",
-            "|"
-            + "|".join("---" if h in ("model", "arch", "params") else "---:" for h in header)
-            + "|",
-        ]
-        lines += ["| " + " | ".join(_cells(section, i, r)) + " |" for i, r in enumerate(rows, 1)]
-    for _section, rows in boards:
-        for r in rows:
-            if r["model"] in figures:
-                lines += ["", f"### {r['model']}", ""]
-                lines += [f"![{t}]({FIGURES_DIR}/{name})" for t, name in figures[r["model"]]]
-    return "\n".join(lines) + "\n"
-
-
-def _duration(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.1f} s"
-
-
-def render_html(
-    params: Params,
-    boards: list[tuple[Section, list[dict]]],
-    figures: dict,
-    train_seconds: dict[str, float | None],
-) -> str:
-    e = html.escape
-    tables = []
-    for section, rows in boards:
-        head = "".join(f"<th>{e(h)}</th>" for h in [*_header(section), "training time"])
-        body = "\n".join(
-            "<tr>"
-            + "".join(
-                f"<td>{e(c)}</td>"
-                for c in [*_cells(section, i, r), _duration(train_seconds.get(r["model"]))]
-            )
-            + "</tr>"
-            for i, r in enumerate(rows, 1)
-        )
-        uri = champion_uri(section, rows)
-        champion = (
-            f"<p>Champion (alias <code>{CHAMPION}</code>): <code>{e(uri)}</code></p>\n"
-            if uri
-            else ""
-        )
-        note = f"<p>{e(section.note)}</p>\n" if section.note else ""
-        tables.append(
-            f"<h2>{e(_title(section))}</h2>\n{note}{champion}"
-            f'<table id="leaderboard-{e(section.group)}">\n<tr>{head}</tr>\n{body}\n</table>'
-        )
-    parts = []
-    for model, items in figures.items():
-        images = "\n".join(
-            f'<figure><img src="{FIGURES_DIR}/{e(name)}" alt="{e(title)}">'
-            f"<figcaption>{e(title)}</figcaption></figure>"
-            for title, name in items
-        )
-        parts.append(f'<h3 id="{e(model)}">{e(model)}</h3>\n{images}')
-    style = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "figure{display:inline-block;margin:0 1em 1em 0}img{max-width:100%}"
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>reprolab leaderboard</title>\n<style>{style}</style>\n</head>\n<body>\n"
-        f"<h1>reprolab leaderboard</h1>\n<p>{e(INTRO)}</p>\n"
-        + "\n".join(tables)
-        + "\n"
-        + "\n".join(parts)
-        + "\n</body>\n</html>\n"
-    )
-
-
-def write_report(params: Params) -> list[tuple[Section, list[dict]]]:
+def leaderboards(params: Params) -> tuple[list[tuple[Section, list[dict]]], dict]:
+    """The ranked rows of each section, and the figures drawn into reports/figures/."""
     boards = [(section, leaderboard_rows(params, section)) for section in sections(params)]
     models = list(params.all_models())
     specs = {m: _read(paths.model_dir(m) / "model.json") for m in models}
@@ -301,15 +164,20 @@ def write_report(params: Params) -> list[tuple[Section, list[dict]]]:
     }
     with atomic_dir(paths.REPORTS / FIGURES_DIR) as folder:
         figures = draw_figures(params, models, inputs, folder)
-    write_text(paths.REPORTS / "summary.md", render_markdown(params, boards, figures))
-    train_seconds = {
-        m: logged_metrics(params.dataset_of(m), m, specs[m].get("study", "")).get("train_seconds")
-        for m in models
-    }
-    write_text(paths.REPORTS / "index.html", render_html(params, boards, figures, train_seconds))
-    return boards
+    return boards, figures
 
 
 def champion_weights_md5(model: str) -> str:
     """The md5 of the model.pt DVC tracks for ``model`` (recorded in its model.json)."""
     return _read(paths.model_dir(model) / "model.json")["weights_md5"]
+
+
+def train_times(params: Params) -> list[dict]:
+    """Each model's wall-clock training time from its MLflow run (None: not in this store)."""
+    rows = []
+    for model in params.all_models():
+        spec = _read(paths.model_dir(model) / "model.json")
+        logged = logged_metrics(params.dataset_of(model), model, spec.get("study", ""))
+        seconds = logged.get("train_seconds")
+        rows.append({"model": model, "train_seconds": "-" if seconds is None else seconds})
+    return rows

@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import torch
 from mlflow.tracking import MlflowClient
-from torch import nn
 
 from reprolab.tracking.runs import Tracker, tracking_uri
 
@@ -36,7 +34,7 @@ def log_final_model(
     *,
     history: list[dict],
     logged: dict[str, float],
-    served: nn.Module,
+    served: Any,  # an nn.Module (torch is imported here only when a model is logged)
     example,
     about: dict,
     weights_md5: str,
@@ -51,7 +49,7 @@ def log_final_model(
     ``folder`` (the DVC model folder): its model.pt + model.json travel with the logged model
     as ``extra_files/``, so `reprolab predict` rebuilds the network from them (weights_only)
     and never loads the served flavour, which `mlflow models serve` unpickles."""
-    import mlflow
+    import torch
     from mlflow.models import infer_signature
 
     tracker = Tracker(ctx.dataset, ctx.name, best["study"])
