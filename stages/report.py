@@ -1,6 +1,7 @@
 """Stage report: a leaderboard per model group (classifiers, regressors), baselines included,
 ranked by validation metric, with figures; the best network of each group's registered
-version gets the MLflow alias ``champion``."""
+version gets the MLflow alias ``champion``: the workspace's result only (never a temp or
+queued experiment, never `reprolab verify`)."""
 
 from reprolab.core.stage import run_stage
 
@@ -8,18 +9,22 @@ from reprolab.core.stage import run_stage
 def main(params, args) -> None:
     from reprolab.report.leaderboard import champion_weights_md5
     from reprolab.report.render import write_report
-    from reprolab.tracking.models import promote_champion
+    from reprolab.tracking.models import champion_refused, promote_champion
 
+    refused = champion_refused()
     for section, rows in write_report(params):
         networks = [r["model"] for r in rows if r["arch"] != "scikit-learn baseline"]
         if not networks:
             continue
         best = networks[0]
-        uri = promote_champion(
-            section.dataset, best, champion_weights_md5(best), getattr(params, section.group)
-        )
         print(
             f"report: {section.group} on {section.dataset}: best by validation: {rows[0]['model']}"
+        )
+        if refused:
+            print(f"report: alias champion not moved: {refused}")
+            continue
+        uri = promote_champion(
+            section.dataset, best, champion_weights_md5(best), getattr(params, section.group)
         )
         if uri is None:
             print(f"report: no registered MLflow version of {best} matches models/{best}/model.pt;")

@@ -214,3 +214,54 @@ def test_changing_the_split_seed_reruns_everything_downstream(
     stale = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
     upstream = {f"{s}@{k}" for s in ("download", "split") for k in KINDS}
     assert stale == ALL_STAGES - upstream - {"report"}
+
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny_outputs.json"
+
+
+def test_output_hashes_match_the_golden_file_written_on_another_machine(pipeline: dict) -> None:
+    """Portable numerics: every output hash of the TINY pipeline's dvc.lock equals the one
+    recorded in tests/golden/tiny_outputs.json, on any x86-64 machine with AVX2. After a
+    change that is meant to change results: REPROLAB_WRITE_GOLDEN=1 pytest -k golden."""
+    import json
+    import os
+
+    import yaml
+
+    lock = yaml.safe_load((pipeline["repo"] / "dvc.lock").read_text())
+    hashes = {
+        out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage["outs"]
+    }
+    if os.environ.get("REPROLAB_WRITE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(hashes, indent=2, sort_keys=True) + "\n")
+        pytest.skip(f"wrote {GOLDEN}")
+    golden = json.loads(GOLDEN.read_text())
+    differ = {p: (golden.get(p), h) for p, h in hashes.items() if golden.get(p) != h}
+    assert not differ, f"outputs whose bits differ from the golden file: {differ}"
+
+
+def test_a_new_torch_pin_or_numerics_mode_reruns_what_it_computes(
+    pipeline: dict, tmp_path: Path
+) -> None:
+    """The environment is part of DVC's cache key: requirements.lock (torch's pin) and the
+    numerics mode are deps of every computing stage; the report and README are not."""
+    import json
+
+    repo = copy_repo(pipeline["repo"], tmp_path / "repo")
+    (repo / "README.md").write_text("edited\n")
+    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
+    lock = repo / "requirements.lock"
+    lock.write_text(lock.read_text().replace("torch==2.14.1", "torch==2.15.0"))
+    stale = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    assert {"tune@mlp", "train@mlp", "evaluate@mlp", "train_generator@dcgan"} <= set(stale)
+    assert not {"report", "split@image", "download@image"} & set(stale)
+    # Portable results need the pinned torch: the stage refuses, in one line.
+    result = run(["dvc", "repro", "-s", "evaluate@mlp"], repo, check=False)
+    assert result.returncode != 0
+    assert "torch 2.14.1 is installed but requirements.lock pins 2.15.0" in result.stderr
+    lock.write_text(lock.read_text().replace("torch==2.15.0", "torch==2.14.1"))
+    set_params(repo, {"numerics": "native"})
+    stale = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    assert {"tune@mlp", "train@mlp", "evaluate@mlp"} <= set(stale)
+    assert "split@image" not in stale

@@ -113,6 +113,26 @@ def tune_worker(args: argparse.Namespace) -> None:
     print(f"tune-worker {args.model}: ran {ran} trial(s); the study has its {ctx.tune.n_trials}")
 
 
+def verify(args: argparse.Namespace) -> None:
+    """Rerun stages (all in dvc.lock, or the ones named) in a scratch copy from their recorded
+    inputs and compare each output's md5 with dvc.lock; exit 1 if any differs. The workspace
+    is not touched; MLflow runs go to the experiment reprolab-<dataset>-verify."""
+    from pathlib import Path
+
+    from reprolab.core.paths import workspace_root
+    from reprolab.verify import verify as run_verify
+
+    outcomes = run_verify(workspace_root() if args.root is None else Path(args.root), args.stage)
+    width = max((len(o.stage) for o in outcomes), default=5)
+    for o in outcomes:
+        line = f"{o.stage:<{width}}  {o.output}  {o.status}"
+        print(line + (f" ({o.detail})" if o.detail else ""))
+    bad = [o for o in outcomes if o.status != "identical"]
+    print(f"{len(outcomes) - len(bad)} of {len(outcomes)} outputs identical to dvc.lock")
+    if bad:
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="reprolab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("files", nargs="+", help="image files (PNG, JPEG, ...) or CSV files of rows")
     p.set_defaults(func=predict)
+    p = sub.add_parser("verify", help=verify.__doc__.split(";")[0], description=verify.__doc__)
+    p.add_argument("stage", nargs="*", help="stages as dvc.lock names them (default: all)")
+    p.add_argument("--root", help="the workspace (default: the one around the current folder)")
+    p.set_defaults(func=verify)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -1,11 +1,12 @@
-"""Numerics modes for CPU training: "portable" (bit-identical across x86-64 AVX2 machines) or
+"""Numerics modes for CPU training: "portable" (same bits on x86-64 AVX2 CPUs; see caveats) or
 "native" (fastest kernels the machine offers; bits depend on the CPU).
 
 Portable mode caps every CPU kernel dispatcher torch uses to AVX2:
 
 * ATen's own vectorised kernels (``ATEN_CPU_CAPABILITY``),
 * oneDNN convolutions/pooling/batch-norm (``ONEDNN_MAX_CPU_ISA``),
-* MKL BLAS for ``Linear``/``addmm`` (``MKL_CBWR``, conditional numerical reproducibility),
+* MKL BLAS for ``Linear``/``addmm`` (``MKL_CBWR``, conditional numerical reproducibility;
+  COMPATIBLE branch, see :data:`PORTABLE_ENV`),
 * OpenBLAS under numpy and scikit-learn (``OPENBLAS_CORETYPE``).
 
 The caps are read when torch (and its libraries) initialise, so ``apply("portable")`` must run
@@ -22,12 +23,14 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from pathlib import Path
 
 from reprolab.core.errors import ReprolabError
 
 __all__ = [
     "CUDA_NOTE",
     "CUDA_WORKSPACE_CONFIG",
+    "MKL_CBWR_INTEL_ONLY",
     "MODES",
     "PORTABLE_ENV",
     "NumericsTooLateError",
@@ -39,14 +42,22 @@ __all__ = [
 
 MODES: tuple[str, ...] = ("portable", "native")
 
-#: Env caps that make CPU float results identical on every x86-64 CPU with AVX2.
+#: Env caps that pin CPU float kernels for x86-64 CPUs with AVX2. ``MKL_CBWR`` is COMPATIBLE, not
+#: AVX2: oneMKL honours the AVX2 branch only on Intel CPUs and silently falls back to its AUTO
+#: branch on AMD (measured: MKL_VERBOSE prints CNR:AUTO), so AVX2 cannot give Intel == AMD bits.
+#: COMPATIBLE is oneMKL's documented branch for "Intel and Intel-compatible" CPUs; it cost 20-28%
+#: on GEMM-bound models (docs/reproducibility.md); :data:`MKL_CBWR_INTEL_ONLY` is the faster
+#: Intel-only value.
 PORTABLE_ENV: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "MKL_CBWR": "AVX2",
+    "MKL_CBWR": "COMPATIBLE",
     # numpy/scipy's OpenBLAS (the scikit-learn baselines): its AVX2 kernel set.
     "OPENBLAS_CORETYPE": "Haswell",
 }
+
+#: MKL_CBWR value that reproduces only across Intel CPUs with AVX2 (AMD falls back to AUTO).
+MKL_CBWR_INTEL_ONLY: str = "AVX2"
 
 #: cuBLAS needs a fixed workspace config for deterministic GEMMs (with deterministic algorithms).
 CUDA_WORKSPACE_CONFIG: str = ":4096:8"
@@ -154,3 +165,38 @@ def configure_cuda_determinism() -> None:
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+
+
+class PinMismatchError(ReprolabError):
+    """An installed package differs from its pin in requirements.lock."""
+
+
+PINNED = ("torch", "torchvision", "numpy", "scikit-learn")
+
+
+def check_pins(lock_file: str | os.PathLike[str] = "requirements.lock") -> None:
+    """Portable results hold only with the exact packages dvc.lock was made with: refuse to
+    compute when an installed torch, torchvision, numpy or scikit-learn differs from its pin
+    in ``lock_file`` (a DVC dep of every stage that computes, so a new pin reruns them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    path = Path(lock_file)
+    if not path.is_file():
+        return
+    pins = dict(
+        line.split("==", 1)
+        for line in path.read_text().splitlines()
+        if "==" in line and not line.lstrip().startswith("#")
+    )
+    for name in PINNED:
+        pinned = pins.get(name, "").strip()
+        try:
+            installed = version(name).split("+")[0]
+        except PackageNotFoundError:
+            continue
+        if pinned and installed != pinned:
+            raise PinMismatchError(
+                f"{name} {installed} is installed but {path} pins {pinned}: portable results "
+                f"would not match dvc.lock; run `make install` (or pip install -c {path} -e .), "
+                "or set numerics: native to compute with what is installed"
+            )

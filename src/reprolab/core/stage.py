@@ -38,7 +38,7 @@ def run_stage(
             options_of=[args.model] if model_arg else [],
             kinds_of=[args.kind] if check_kind else [],
             # Before anything imports torch (an arch module does): it picks kernels on load.
-            before_modules=lambda p: numerics.apply(p.numerics),
+            before_modules=_set_numerics,
         )
         body(params, args)
     except ReprolabError as err:
@@ -48,3 +48,11 @@ def run_stage(
     # The run is done. Interpreter shutdown runs full garbage collections over every object
     # torch and MLflow allocated (~0.9 s a stage, bench/startup.py); frozen objects are skipped.
     gc.freeze()
+
+
+def _set_numerics(params: Params) -> None:
+    """The numerics mode, before anything imports torch (it picks its kernels on load); in
+    portable mode the installed packages must be the pinned ones."""
+    numerics.apply(params.numerics)
+    if params.numerics == "portable":
+        numerics.check_pins()

@@ -14,7 +14,8 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from reprolab.tracking.runs import Tracker, tracking_uri
+from reprolab.core.paths import workspace_root
+from reprolab.tracking.runs import Tracker, tracking_uri, verifying
 
 CHAMPION = "champion"
 
@@ -69,7 +70,7 @@ def log_final_model(
             name="model",
             signature=infer_signature(example, output),
             input_example=example,
-            registered_model_name=registered_name(ctx.dataset, ctx.name),
+            registered_model_name=None if verifying() else registered_name(ctx.dataset, ctx.name),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             params=params,
             metadata=about,
@@ -90,6 +91,17 @@ def log_final_model(
         }
         for key, value in all_tags.items():
             tracker.client.set_model_version_tag(name, str(version), key, value)
+
+
+def champion_refused() -> str | None:
+    """Why this run may not move ``champion`` (None: it may). The champion is the workspace's
+    result: a `dvc exp run --temp` or queued experiment runs in a copy (its cwd is not the
+    workspace root DVC_ROOT names) and is never applied to the workspace by itself."""
+    if verifying():
+        return "a `reprolab verify` rerun"
+    if Path.cwd().resolve() != workspace_root():
+        return f"a temp or queued experiment (runs in {Path.cwd()}, not the workspace)"
+    return None
 
 
 def promote_champion(

@@ -29,6 +29,19 @@ TAG_STUDY = "reprolab.study"
 TAG_ROLE = "reprolab.role"
 
 
+# Set by `reprolab verify` for the stages it reruns: their runs go to a separate experiment
+# and register no model version (the registry and its aliases are the workspace's).
+VERIFY_ENV = "REPROLAB_VERIFY"
+
+
+def verifying() -> bool:
+    return os.environ.get(VERIFY_ENV) == "1"
+
+
+def experiment_name(dataset: str) -> str:
+    return f"reprolab-{dataset}" + ("-verify" if verifying() else "")
+
+
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else an absolute SQLite store in the workspace root."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root() / 'mlflow.db'}"
@@ -61,7 +74,7 @@ class Tracker:
         # ("table ... already exists"): parallel tune workers, queued experiments.
         with _store_lock():
             self.client = MlflowClient()
-            self.experiment_id = self._experiment(f"reprolab-{dataset}")
+            self.experiment_id = self._experiment(experiment_name(dataset))
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -147,7 +160,7 @@ def logged_metrics(dataset: str, model: str, study: str) -> dict[str, float]:
     """The metrics of a model's parent run; empty when this store never saw that run."""
     mlflow.set_tracking_uri(tracking_uri())
     client = MlflowClient()
-    experiment = client.get_experiment_by_name(f"reprolab-{dataset}")
+    experiment = client.get_experiment_by_name(experiment_name(dataset))
     if experiment is None:
         return {}
     runs = client.search_runs(
