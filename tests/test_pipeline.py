@@ -229,9 +229,7 @@ def test_output_hashes_match_the_golden_file_written_on_another_machine(pipeline
     import yaml
 
     lock = yaml.safe_load((pipeline["repo"] / "dvc.lock").read_text())
-    hashes = {
-        out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage["outs"]
-    }
+    hashes = {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage["outs"]}
     if os.environ.get("REPROLAB_WRITE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(hashes, indent=2, sort_keys=True) + "\n")

@@ -28,7 +28,7 @@ def _fake_regressor(name: str, val_rmsle: float) -> None:
     train = {
         "val": {"rmsle": val_rmsle, "rmse": 50.0, "r2": 0.4, "loss": val_rmsle},
         "train": {"best_epoch": 2, "epochs_run": 3, "lr": 0.01, "weight_decay": 1e-4}
-        | {"n_parameters": 99, "device": "cpu", "threads": 2},
+        | {"n_parameters": 99},
     }
     write_json(f"metrics/{name}/train.json", train)
     write_json(f"metrics/{name}/test.json", train["val"] | {"n_test": 3})
@@ -53,10 +53,9 @@ def _fake_outputs(val_acc: dict[str, float], test_acc: dict[str, float]) -> None
         train = {
             "val": {"accuracy": val_acc[model], "loss": 0.3, "macro_f1": 0.9},
             "train": {"best_epoch": 2, "epochs_run": 3, "lr": 0.01, "weight_decay": 1e-4}
-            | {"n_parameters": 1234, "device": "cpu", "threads": 2},
+            | {"n_parameters": 1234},
         }
         test = {"accuracy": test_acc[model], "loss": 0.4, "macro_f1": 0.8}
-        test["confusion_matrix"] = [[5, 1], [0, 4]]
         write_json(f"metrics/{model}/train.json", train)
         write_json(f"metrics/{model}/test.json", test)
         write_json(f"models/{model}/model.json", {"classes": ["a", "b"], "weights_md5": "x"})
@@ -65,6 +64,9 @@ def _fake_outputs(val_acc: dict[str, float], test_acc: dict[str, float]) -> None
             "epoch\ttrain_loss\tval_loss\tval_accuracy\n1\t1\t1\t0.5\n2\t0.5\t0.6\t0.7\n",
         )
         write_text(f"plots/trials/{model}.tsv", TRIALS)
+        # The confusion matrix [[5, 1], [0, 4]], one row per test sample.
+        rows = ["a,a"] * 5 + ["a,b"] + ["b,b"] * 4
+        write_text(f"plots/confusion/{model}.csv", "actual,predicted\n" + "\n".join(rows) + "\n")
 
 
 def test_report_ranks_by_validation_and_is_byte_deterministic(

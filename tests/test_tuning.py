@@ -116,7 +116,11 @@ def check_exact_parallel_study(repo: Path, storage: str, n_trials: int) -> optun
         child = children[trial.user_attrs["mlflow_run_id"]]
         assert child.data.params["trial"] == str(trial.number)
     best = json.loads((repo / "models/mlp/best_params.json").read_text())
-    assert (best["best_trial"], best["lr"]) == (study.best_trial.number, study.best_params["lr"])
+    assert (best["lr"], best["weight_decay"]) == (
+        study.best_params["lr"],
+        study.best_params["weight_decay"],
+    )
+    assert parents[0].data.params["best.trial"] == str(study.best_trial.number)
     return study
 
 
@@ -142,3 +146,92 @@ def test_stage_workers_and_a_cli_worker_share_one_postgres_study(
     study = check_exact_parallel_study(tiny_repo, postgres_url, n_trials)
     assert f"study {study.study_name}" in out  # the CLI worker joined the stage's study
     assert "database is locked" not in stage.stderr + err
+
+
+def test_a_resumed_study_writes_what_an_uninterrupted_one_writes(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    """One worker, killed mid-study and resumed: best_params.json and the trials table are
+    byte-identical to those of a study that ran straight through (per-trial sampler seeds,
+    the killed trial retried with its own params, trials numbered by their place)."""
+    from conftest import copy_repo, md5s
+
+    set_params(tiny_repo, {"tune": {"n_trials": 4, "epochs": 6, "workers": 1}})
+    run(["dvc", "repro", "split"], tiny_repo)
+    straight = copy_repo(tiny_repo, tmp_path / "straight")
+    run(["dvc", "repro", "tune@mlp"], straight)
+    storage = f"sqlite:///{tiny_repo / '.optuna' / 'studies.db'}"
+    with open(tiny_repo.parent / "killed.log", "w") as out:
+        proc = subprocess.Popen(
+            ["dvc", "repro", "tune@mlp"],
+            cwd=tiny_repo,
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for_trials(storage, 1)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    time.sleep(2 * HEARTBEAT_S + 1)
+    run(["dvc", "repro", "tune@mlp"], tiny_repo)
+    study = optuna.load_study(
+        study_name=json.loads((tiny_repo / "models/mlp/best_params.json").read_text())["study"],
+        storage=storage,
+    )
+    assert len(study.trials) > 4, "the kill came too late: no trial was retried"
+    outputs = ["models/mlp/best_params.json", "plots/trials/mlp.tsv"]
+    resumed = {p: md5s(tiny_repo, [p]) for p in outputs}
+    assert resumed == {p: md5s(straight, [p]) for p in outputs}
+
+
+ORPHAN_SCRIPT = """
+import multiprocessing, sys, time
+from pathlib import Path
+from reprolab.tuning.worker import _die_with_parent
+
+def child(flag):
+    _die_with_parent()
+    Path(flag).write_text("armed")
+    time.sleep(120)
+
+if __name__ == "__main__":
+    process = multiprocessing.get_context("spawn").Process(target=child, args=(sys.argv[1],))
+    process.start()
+    print(process.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_spawned_tune_workers_die_with_their_stage(tmp_path: Path) -> None:
+    """A SIGKILLed stage (no cleanup runs) leaves no worker training on behind it."""
+    script, flag = tmp_path / "stage.py", tmp_path / "armed"
+    script.write_text(ORPHAN_SCRIPT)
+    env = clean_env(PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    stage = subprocess.Popen(
+        [sys.executable, str(script), str(flag)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    worker = int(stage.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert flag.exists(), "the worker never started"
+    stage.kill()
+    stage.wait()
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(worker):
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError(f"worker {worker} outlived its killed stage")

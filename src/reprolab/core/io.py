@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -12,6 +14,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def _umask() -> int:
+    """The process umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -22,6 +31,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; an output is shared as usual
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -35,6 +45,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
         if path.exists():
@@ -60,12 +71,16 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def write_tsv(path: str | os.PathLike[str], rows: list[dict[str, Any]], sep: str = "\t") -> None:
+    """A table with a header row; a cell holding the separator, a quote or a newline (a class
+    folder named "a,b") is quoted the way csv readers (DVC's plots included) expect."""
     if not rows:
         raise ValueError(f"{path}: no rows to write")
     columns = list(rows[0])
-    lines = [sep.join(columns)]
-    lines += [sep.join(_cell(row[c]) for c in columns) for row in rows]
-    write_text(path, "\n".join(lines) + "\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=sep, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_cell(row[c]) for c in columns] for row in rows)
+    write_text(path, buffer.getvalue())
 
 
 def _cell(value: Any) -> str:

@@ -177,12 +177,13 @@ def write_selection(selected: list[Selected], folder: Path, val_file: Path) -> N
     """selection.json (what evaluate loads) and the validation metrics of every estimator."""
     write_json(
         folder / "selection.json",
-        {s.name: {"hyperparameter": s.hyperparameter, "value": s.value} for s in selected},
+        {
+            s.name: {"hyperparameter": s.hyperparameter, "value": s.value, "grid": s.grid}
+            for s in selected
+        },
     )
-    write_json(
-        val_file,
-        {s.name: {"val": s.val, s.hyperparameter: s.value, "grid": s.grid} for s in selected},
-    )
+    # Metrics hold what a user compares: the chosen value and its validation scores.
+    write_json(val_file, {s.name: {"val": s.val, s.hyperparameter: s.value} for s in selected})
 
 
 def evaluate_baselines(folder: Path, test: dict, task: str, meta: dict) -> dict[str, dict]:

@@ -72,4 +72,9 @@ class ModelContext:
         """What model.json records of the run's environment: the numerics mode and the torch
         release (not the build tag, e.g. +cpu / +cu130, nor the CPU: in portable mode the bits
         are the same on every x86-64 machine with AVX2)."""
-        return {"numerics": self.params.numerics, "torch": torch.__version__.split("+")[0]}
+        return {
+            "numerics": self.params.numerics,
+            "torch": torch.__version__.split("+")[0],
+            "device": self.device.type,
+            "threads": self.params.threads,
+        }

@@ -15,7 +15,6 @@ from torch import nn
 
 from reprolab.learn.metrics import (
     classification_metrics,
-    confusion_counts,
     confusion_rows,
     regression_metrics,
 )
@@ -45,11 +44,11 @@ class Classification:
     def test_report(
         self, outputs: torch.Tensor, y: torch.Tensor, meta: dict
     ) -> tuple[dict, list[dict]]:
-        """Test metrics (with the confusion matrix) and the rows of the test plot."""
+        """Test metrics and the rows of the test plot (the confusion matrix, one row per
+        sample: its counts are not metrics a user compares across experiments)."""
         metrics = self.metrics(outputs, y)
         y_true, y_pred = y.cpu().numpy(), outputs.argmax(1).cpu().numpy()
         classes = meta["classes"]
-        metrics["confusion_matrix"] = confusion_counts(y_true, y_pred, len(classes)).tolist()
         metrics["n_test"] = int(len(y_true))
         return metrics, confusion_rows(y_true, y_pred, classes)
 

@@ -86,11 +86,21 @@ def _samples(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
     return True
 
 
+def confusion_counts(path: Path, classes: list[str]) -> list[list[int]]:
+    """counts[actual][predicted] from the test plot's rows (plots/confusion/<model>.csv)."""
+    index = {name: i for i, name in enumerate(classes)}
+    counts = [[0] * len(classes) for _ in classes]
+    for row in read_table(path, sep=","):
+        counts[index[row["actual"]]][index[row["predicted"]]] += 1
+    return counts
+
+
 def _confusion(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
-    counts = inputs["test"][model].get("confusion_matrix")
-    if counts is None:
+    path = inputs["confusion"] / f"{model}.csv"
+    classes = inputs["classes"].get(model)
+    if not path.is_file() or not classes:
         return False  # not a classifier
-    classes = inputs["classes"].get(model) or [str(i) for i in range(len(counts))]
+    counts = confusion_counts(path, classes)
     ax = fig.subplots()
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax)

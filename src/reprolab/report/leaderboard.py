@@ -157,6 +157,7 @@ def leaderboards(params: Params) -> tuple[list[tuple[Section, list[dict]]], dict
         "curves": paths.PLOTS / "curves",
         "trials": paths.PLOTS / "trials",
         "predictions": paths.PLOTS / "predictions",
+        "confusion": paths.PLOTS / "confusion",
         "gan": paths.PLOTS / "gan",
         "samples": paths.PLOTS / "samples",
         "test": {m: _read(paths.METRICS / m / "test.json") for m in models},

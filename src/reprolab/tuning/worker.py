@@ -79,13 +79,23 @@ def make_pruner(tune: TuneParams) -> optuna.pruners.BasePruner:
     )
 
 
+def trial_sampler(seed: int, claimed: int, tune: TuneParams) -> optuna.samplers.TPESampler:
+    """The sampler of the next trial: TPE keeps no state but its random generator (it reads
+    the history from the storage), so seeding it from the study's seed and the number of
+    trials already claimed makes a killed and resumed study draw what an uninterrupted one
+    draws (a killed trial is retried with its own params first)."""
+    return optuna.samplers.TPESampler(
+        seed=(seed + claimed) % 2**32, n_startup_trials=tune.sampler_startup_trials
+    )
+
+
 def open_study(name: str, seed: int, tune: TuneParams, storage: RDBStorage) -> optuna.Study:
     return optuna.create_study(
         study_name=name,
         storage=storage,
         direction="minimize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=tune.sampler_startup_trials),
+        sampler=trial_sampler(seed, 0, tune),
         pruner=make_pruner(tune),
     )
 
@@ -130,7 +140,8 @@ def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with claim():  # one parent run and one study, however many workers start at once
         parent = tracker.parent_run_id(tags)
-        study = open_study(name, sampler_seed(p.seed, ctx.name, index), tune, storage)
+        seed = sampler_seed(p.seed, ctx.name, index)
+        study = open_study(name, seed, tune, storage)
         if not study.user_attrs:  # what the name's fingerprint covers, for the dashboard
             for key, value in study_inputs(ctx).items():
                 study.set_user_attr(key, value)
@@ -153,7 +164,11 @@ def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
             claimed = finished + states.count(TrialState.RUNNING)
             if finished >= tune.n_trials:
                 return ran
-            trial = study.ask() if claimed < tune.n_trials else None
+            if claimed < tune.n_trials:
+                study.sampler = trial_sampler(seed, claimed, tune)
+                trial = study.ask()
+            else:
+                trial = None
             if trial is not None:
                 # A trial without any heartbeat is never found stale: record one now.
                 storage.record_heartbeat(trial._trial_id)

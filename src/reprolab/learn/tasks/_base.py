@@ -53,8 +53,6 @@ def describe_run(ctx: ModelContext, result: FitResult, best: dict, counted: nn.M
     return {
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
-        "device": ctx.device.type,
-        "threads": ctx.params.threads,
         "lr": best["lr"],
         "weight_decay": best["weight_decay"],
         "n_parameters": sum(t.numel() for t in counted.parameters()),

@@ -219,7 +219,6 @@ def evaluate_gan(ctx: GanContext, tags: dict[str, str]) -> dict:
     metrics = {
         "fid": round(fid, 6),
         "n_test": int(len(test_x)),
-        "scorer": info["scorer"],
     }
     write_json(paths.METRICS / ctx.name / "test.json", metrics)
     write_sample_grid(
