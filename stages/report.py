@@ -7,19 +7,23 @@ from reprolab.core.stage import run_stage
 
 
 def main(params, args) -> None:
-    from reprolab.report.leaderboard import champion_weights_md5
+    from reprolab.report.leaderboard import champion_candidates, champion_weights_md5
     from reprolab.report.render import write_report
     from reprolab.tracking.models import champion_refused, promote_champion
 
     refused = champion_refused()
     for section, rows in write_report(params):
-        networks = [r["model"] for r in rows if r["arch"] != "scikit-learn baseline"]
-        if not networks:
-            continue
-        best = networks[0]
+        for row in rows:
+            if row["flag"]:
+                print(f"report: WARNING: {row['model']} is {row['flag']}: never champion")
         print(
             f"report: {section.group} on {section.dataset}: best by validation: {rows[0]['model']}"
         )
+        networks = champion_candidates(rows)
+        if not networks:
+            print(f"report: no {section.group} network beats a constant guess: champion not moved")
+            continue
+        best = networks[0]
         if refused:
             print(f"report: alias champion not moved: {refused}")
             continue

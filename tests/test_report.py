@@ -101,3 +101,31 @@ def test_report_ranks_by_validation_and_is_byte_deterministic(
     # The champion of the regressors is the best network, never a baseline.
     assert "models:/diabetes-tabular_mlp@champion" in page
     assert json.dumps(str(tmp_path)) not in Path("reports/summary.md").read_text()
+
+
+def test_a_model_no_better_than_a_constant_guess_is_flagged_and_never_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = validate_params(
+        {
+            "classifiers": {"mlp": {"arch": "mlp"}, "lenet": {"arch": "lenet"}},
+            "baselines": {"image": []},
+        },
+        options_of=[],
+    )
+    # A diverged mlp at 0.10 (chance) and lenet at 0.5: the majority class alone scores 0.3.
+    _fake_outputs({"mlp": 0.1, "lenet": 0.5}, {"mlp": 0.1, "lenet": 0.5})
+    write_json("data/splits/image/meta.json", {"trivial_val": {"accuracy": 0.3}})
+    boards = write_report(params)
+    (_, rows), *_ = boards
+    flags = {r["model"]: r["flag"] for r in rows}
+    assert flags["lenet"] == ""
+    assert flags["mlp"] == "no better than a constant guess (val 0.3000)"
+    summary = Path("reports/summary.md").read_text()
+    assert "mlp (WARNING: no better than a constant guess" in summary
+    assert "models:/digits-lenet@champion" in summary
+    # Both below the bar: no champion at all.
+    write_json("data/splits/image/meta.json", {"trivial_val": {"accuracy": 0.6}})
+    write_report(params)
+    assert "@champion" not in Path("reports/summary.md").read_text()

@@ -219,3 +219,28 @@ def test_checkpoints_load_weights_only_and_never_run_pickled_code(tmp_path: Path
     with pytest.raises(CheckpointError, match="model.pt: cannot load"):
         load_model(folder)
     assert not marker.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["../../notes", "../../../outside"])
+def test_a_model_key_with_path_characters_deletes_nothing_whatever_dvc_runs(
+    key: str, tiny_pipeline: dict, tmp_path: Path
+) -> None:
+    """DVC removes a stage's outputs before running it, and `dvc repro -s` runs no check
+    first: outputs named after params keys are persist: true, so nothing a key can name is
+    deleted, in the repo or outside it, and the stage refuses the name."""
+    repo = copy_repo(tiny_pipeline["repo"], tmp_path / "a" / "b" / "repo")
+    victims = [
+        repo / "notes.tsv",
+        tmp_path / "a" / "outside.tsv",
+        tmp_path / "a" / "b" / "outside.tsv",
+    ]
+    for victim in victims:
+        victim.write_text("precious\n")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["classifiers"][key] = {"arch": "mlp"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["dvc", "repro", "-s", f"tune@{key}"], ["dvc", "repro"]):
+        result = run(command, repo, check=False)
+        assert result.returncode != 0, result.stdout[-2000:]
+        assert all(v.read_text() == "precious\n" for v in victims), command

@@ -106,5 +106,26 @@ def write_splits(
             "target_log1p_mean": round(float(log_y.mean()), 6),
             "target_log1p_std": round(float(log_y.std()) or 1.0, 6),
         }
+    meta["trivial_val"] = trivial_scores(arrays, indices)
     write_json(out_dir / "meta.json", meta)
     return meta
+
+
+def trivial_scores(arrays: Arrays, indices: dict[str, np.ndarray]) -> dict[str, float]:
+    """Validation scores of a model that ignores its input: the bar any model must clear
+    to be worth anything (the report flags one that does not, and never makes it champion).
+    Classes: always the train split's majority class; regression: always the train split's
+    mean log1p target."""
+    y_train, y_val = arrays.y[indices["train"]], arrays.y[indices["val"]]
+    if arrays.task == "regression":
+        center = np.log1p(y_train.astype(np.float64)).mean()
+        error = np.log1p(y_val.astype(np.float64)) - center
+        return {"rmsle": round(float(np.sqrt(np.mean(error**2))), 6)}
+    majority = int(np.bincount(y_train.astype(np.int64)).argmax())
+    share = float(np.mean(y_val == majority))
+    n_classes = max(len(arrays.classes), 1)
+    # Macro-F1 of the constant guess: the majority class's F1, the others score 0.
+    return {
+        "accuracy": round(share, 6),
+        "macro_f1": round(2 * share / (1 + share) / n_classes, 6),
+    }

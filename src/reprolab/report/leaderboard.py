@@ -18,6 +18,7 @@ from reprolab.report.figures import draw_figures
 from reprolab.tracking.runs import logged_metrics
 
 FIGURES_DIR = "figures"
+BASELINE_ARCH = "scikit-learn baseline"
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def leaderboard_rows(params: Params, section: Section) -> list[dict]:
             rows.append(
                 {
                     "model": name,
-                    "arch": "scikit-learn baseline",
+                    "arch": BASELINE_ARCH,
                     "val": chosen["val"],
                     "test": test[name],
                     "lr": "-",
@@ -140,6 +141,9 @@ def leaderboard_rows(params: Params, section: Section) -> list[dict]:
                     "parameters": "-",
                 }
             )
+    trivial = trivial_score(section)
+    for row in rows:
+        row["flag"] = _flag(section, row["val"][section.rank_metric], trivial)
     # Rank on validation only: choosing by test would leak the test split into selection.
     sign = -1 if section.higher_is_better else 1
     rows.sort(
@@ -166,6 +170,28 @@ def leaderboards(params: Params) -> tuple[list[tuple[Section, list[dict]]], dict
     with atomic_dir(paths.REPORTS / FIGURES_DIR) as folder:
         figures = draw_figures(params, models, inputs, folder)
     return boards, figures
+
+
+def trivial_score(section: Section) -> float | None:
+    """The validation score of a model that ignores its input (split's meta.json)."""
+    meta = paths.splits_dir(section.kind) / "meta.json"
+    if not meta.is_file():
+        return None
+    return _read(meta).get("trivial_val", {}).get(section.rank_metric)
+
+
+def _flag(section: Section, value: float, trivial: float | None) -> str:
+    """Why a row must never be champion ('' if none): not better than a trivial model."""
+    if trivial is None:
+        return ""
+    beaten = value > trivial if section.higher_is_better else value < trivial
+    return "" if beaten else f"no better than a constant guess (val {trivial:.4f})"
+
+
+def champion_candidates(rows: list[dict]) -> list[str]:
+    """The networks that may become champion, best first: never a baseline, never one no
+    better than a constant guess."""
+    return [r["model"] for r in rows if r["arch"] != BASELINE_ARCH and not r["flag"]]
 
 
 def champion_weights_md5(model: str) -> str:

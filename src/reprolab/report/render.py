@@ -8,14 +8,20 @@ import html
 from reprolab.core import paths
 from reprolab.core.io import write_text, write_tsv
 from reprolab.core.schema import Params
-from reprolab.report.leaderboard import FIGURES_DIR, Section, leaderboards, train_times
+from reprolab.report.leaderboard import (
+    FIGURES_DIR,
+    Section,
+    champion_candidates,
+    leaderboards,
+    train_times,
+)
 from reprolab.tracking.models import CHAMPION, registered_name
 
 
 def _cells(section: Section, rank: int, r: dict) -> list[str]:
     return [
         str(rank),
-        r["model"],
+        r["model"] + (f" (WARNING: {r['flag']})" if r.get("flag") else ""),
         r["arch"],
         f"{r['val'][section.rank_metric]:.4f}",
         *(f"{r[which][key]:.4f}" for _, which, key in section.columns),
@@ -51,10 +57,10 @@ def _title(section: Section) -> str:
 
 
 def champion_uri(section: Section, rows: list[dict]) -> str | None:
-    best = next((r for r in rows if r["arch"] != "scikit-learn baseline"), None)
-    if best is None:
+    candidates = champion_candidates(rows)
+    if not candidates:
         return None
-    return f"models:/{registered_name(section.dataset, best['model'])}@{CHAMPION}"
+    return f"models:/{registered_name(section.dataset, candidates[0])}@{CHAMPION}"
 
 
 INTRO = (
