@@ -18,7 +18,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import TINY_PARAMS, clean_env, copy_repo, run, set_params, stages_run
+from conftest import TINY_PARAMS, clean_env, copy_repo, md5s, run, set_params, stages_run
 
 from reprolab.core.errors import CheckpointError
 from reprolab.learn.checkpoints import load_model, save_model
@@ -150,6 +150,7 @@ def test_sigkilled_train_leaves_no_half_file_and_the_next_repro_finishes(
     repo = copy_repo(tiny_pipeline["repo"], tmp_path / "repo")
     outputs = ["models/mlp/model.pt", "models/mlp/model.json", "metrics/mlp/train.json"]
     # An endless training run: no early stop (patience is tune's param too: tune@mlp reruns).
+    before = md5s(repo, outputs)
     set_params(repo, {"train": {"max_epochs": 100_000, "patience": 100_000}})
     proc = subprocess.Popen(
         ["dvc", "repro", "train@mlp"],
@@ -182,8 +183,9 @@ def test_sigkilled_train_leaves_no_half_file_and_the_next_repro_finishes(
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     recorded = lock["train@mlp"]["params"]["params.yaml"]["train"]["max_epochs"]
     assert recorded == TINY_PARAMS["train"]["max_epochs"]  # the killed run recorded nothing
-    for rel in outputs:  # DVC removed them before the run; the run wrote none of them
-        assert not (repo / rel).exists(), rel
+    # The outputs are persist: true, so DVC left them; the killed run replaced none of them:
+    # each is still the whole file of the last finished run.
+    assert md5s(repo, outputs) == before
 
     set_params(repo, {"train": {"max_epochs": 4}})  # train's param only: tune stays done
     result = run(["dvc", "repro", "train@mlp"], repo)

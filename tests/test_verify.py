@@ -33,7 +33,7 @@ def test_verify_reruns_locked_stages_identically_without_touching_the_workspace(
     result = run(["reprolab", "verify", *STAGES], repo)
     lines = result.stdout.splitlines()
     assert "metrics/mlp/test.json  identical" in result.stdout, result.stdout
-    assert sum(" identical" in line for line in lines) == 6, result.stdout
+    assert sum(line.endswith("  identical") for line in lines) == 6, result.stdout
     assert lines[-1] == "6 of 6 outputs identical to dvc.lock"
     assert md5s(repo, ["dvc.lock", "data/splits/image/*", "metrics/mlp/*", "plots/*/*"]) == before
     # Its MLflow runs went to a separate experiment; the registry did not grow.
