@@ -89,7 +89,7 @@ def sections(params: Params) -> list[Section]:
 GENERATORS_NOTE = (
     "The Fréchet distance between real and generated images in the features of the "
     "generator's scorer, a classifier of this pipeline read at its last hidden layer "
-    "(src/reprolab/features.py): distances compare only under one scorer and are not "
+    "(src/reprolab/learn/features.py): distances compare only under one scorer and are not "
     "Inception FIDs; each split is compared with as many generated images as it holds."
 )
 
