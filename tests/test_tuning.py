@@ -47,6 +47,25 @@ def wait_for_trials(storage: str, count: int, timeout: float = 420) -> optuna.St
     raise AssertionError(f"no study reached {count} finished trials in {timeout}s")
 
 
+def kill_tune_after(repo: Path, storage: str, trials: int, log: Path) -> optuna.Study:
+    """Run `dvc repro tune@mlp`; SIGKILL it (dvc, the stage, its spawned workers) once the
+    study has ``trials`` finished trials."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            ["dvc", "repro", "tune@mlp"],
+            cwd=repo,
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            return wait_for_trials(storage, trials)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def test_sigkilled_tune_resumes_its_study_to_exactly_n_trials(tiny_repo: Path) -> None:
     """Two workers (tune.workers: 2) on the SQLite study, killed mid-study: the next repro
     finishes it with exactly n_trials, retrying the killed trials; no "database is locked"."""
@@ -54,20 +73,7 @@ def test_sigkilled_tune_resumes_its_study_to_exactly_n_trials(tiny_repo: Path) -
     run(["dvc", "repro", "split"], tiny_repo)
     storage = f"sqlite:///{tiny_repo / '.optuna' / 'studies.db'}"
     log = tiny_repo.parent / "killed-tune.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            ["dvc", "repro", "tune@mlp"],
-            cwd=tiny_repo,
-            env=clean_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            study = wait_for_trials(storage, 2)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)  # dvc, the stage and its spawned worker
-            proc.wait()
+    study = kill_tune_after(tiny_repo, storage, 2, log)
     before = len(finished(study))
     assert before < N_TRIALS, "the kill came too late to test a resume"
     assert not (tiny_repo / "models/mlp/best_params.json").exists()
@@ -161,20 +167,7 @@ def test_a_resumed_study_writes_what_an_uninterrupted_one_writes(
     straight = copy_repo(tiny_repo, tmp_path / "straight")
     run(["dvc", "repro", "tune@mlp"], straight)
     storage = f"sqlite:///{tiny_repo / '.optuna' / 'studies.db'}"
-    with open(tiny_repo.parent / "killed.log", "w") as out:
-        proc = subprocess.Popen(
-            ["dvc", "repro", "tune@mlp"],
-            cwd=tiny_repo,
-            env=clean_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_for_trials(storage, 1)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    kill_tune_after(tiny_repo, storage, 1, tiny_repo.parent / "killed.log")
     time.sleep(2 * HEARTBEAT_S + 1)
     run(["dvc", "repro", "tune@mlp"], tiny_repo)
     study = optuna.load_study(
