@@ -10,7 +10,7 @@ def main(params, args) -> None:
 
     task = get_task(params.task_of(args.model))
     ctx = task.context(params, args.model)
-    tags = stage_tags(ctx.device.type, params, ctx.data_md5(("test",)))
+    tags = stage_tags(ctx.device.type, params, ctx.data_files(("test",)))
     metrics = task.evaluate(ctx, tags)
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(f"evaluate@{args.model}: test {shown}")

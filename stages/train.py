@@ -15,7 +15,7 @@ def main(params, args) -> None:
     try:
         ctx = task.context(params, args.model)
         best = read_best_params(paths.model_dir(args.model))
-        tags = stage_tags(ctx.device.type, params, ctx.data_md5(("train", "val")))
+        tags = stage_tags(ctx.device.type, params, ctx.data_files(("train", "val")))
         metrics = task.train_final(ctx, best, tags)
     finally:
         distributed.shutdown()

@@ -11,7 +11,7 @@ def main(params, args) -> None:
     from reprolab.tuning.worker import model_context, tune_model
 
     ctx = model_context(params, args.model)
-    tags = stage_tags(ctx.device.type, params, ctx.data_md5(("train", "val")))
+    tags = stage_tags(ctx.device.type, params, ctx.data_files(("train", "val")))
     result = tune_model(ctx, tags)
     write_tsv(paths.PLOTS / "trials" / f"{args.model}.tsv", result.trials)
     write_json(paths.model_dir(args.model) / "best_params.json", result.best_params)

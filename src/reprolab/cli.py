@@ -103,7 +103,7 @@ def tune_worker(args: argparse.Namespace) -> None:
 
     params = _load(args, args.model)
     ctx = model_context(params, args.model)
-    tags = stage_tags(ctx.device.type, params, ctx.data_md5(("train", "val")))
+    tags = stage_tags(ctx.device.type, params, ctx.data_files(("train", "val")))
     # The sampler seed is seed + index: distinct per process unless given.
     index = os.getpid() if args.index is None else args.index
     name = study_name(ctx)

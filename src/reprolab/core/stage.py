@@ -42,12 +42,30 @@ def run_stage(
         )
         body(params, args)
     except ReprolabError as err:
+        _failed("FAILED", str(err))
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
+        _failed("KILLED", "interrupted (Ctrl-C)")
         sys.exit(f"{parser.prog}: interrupted; no output was replaced (writes are atomic)")
+    except BaseException as err:
+        _failed("FAILED", f"{type(err).__name__}: {err}")
+        raise
     # The run is done. Interpreter shutdown runs full garbage collections over every object
     # torch and MLflow allocated (~0.9 s a stage, bench/startup.py); frozen objects are skipped.
     gc.freeze()
+
+
+# Called with (status, reason) when a stage fails: tracking ends the MLflow runs this
+# process left running (FAILED, or KILLED on Ctrl-C) instead of leaving them RUNNING.
+FAILURE_HOOKS: list[Callable[[str, str], None]] = []
+
+
+def _failed(status: str, reason: str) -> None:
+    for hook in FAILURE_HOOKS:
+        try:
+            hook(status, reason)
+        except Exception as err:  # a store that is itself the fault must not hide the error
+            print(f"warning: could not record the failure in MLflow: {err}", file=sys.stderr)
 
 
 def _set_numerics(params: Params) -> None:

@@ -63,6 +63,12 @@ class ModelContext:
     def load(self, split: str) -> TensorData:
         return load_split(paths.split_file(self.kind, split), self.device)
 
+    def data_files(self, splits: tuple[str, ...]) -> list[tuple[str, str, str]]:
+        """(split, path, md5) of each split file read, for the runs' lineage."""
+        return [
+            (s, paths.split_file(self.kind, s).as_posix(), md5) for s, md5 in self.data_md5(splits)
+        ]
+
     def data_md5(self, splits: tuple[str, ...]) -> list[tuple[str, str]]:
         """md5 of each split file read: the same hash DVC records for it in dvc.lock."""
         return [(s, md5_file(paths.split_file(self.kind, s))) for s in splits]

@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -20,9 +21,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from reprolab.core import numerics
-from reprolab.core.io import file_lock
+from reprolab.core.io import file_lock, md5_file
 from reprolab.core.paths import workspace_root
 from reprolab.core.schema import Params
+from reprolab.core.stage import FAILURE_HOOKS
+from reprolab.tracking.lineage import MD5_TAG, PATH_TAG, code_diff, log_code_diff, log_inputs
 
 TAG_MODEL = "reprolab.model"
 TAG_STUDY = "reprolab.study"
@@ -70,6 +73,7 @@ class Tracker:
     def __init__(self, dataset: str, model: str, study: str) -> None:
         mlflow.set_tracking_uri(tracking_uri())
         self.dataset, self.model, self.study = dataset, model, study
+        self._diff: str | None = None
         # Processes that open a new SQLite store together race to create its tables
         # ("table ... already exists"): parallel tune workers, queued experiments.
         with _store_lock():
@@ -105,7 +109,12 @@ class Tracker:
                 tags={TAG_MODEL: self.model, TAG_STUDY: self.study, TAG_ROLE: "model"},
             )
             run_id = run.info.run_id
+        _OPEN[run_id] = self.client
         self.set_tags(run_id, tags)
+        log_inputs(self.client, run_id, self.dataset, tags)
+        if self._diff is None:  # once per process: the checkout does not change mid-stage
+            self._diff = code_diff()
+            log_code_diff(self.client, run_id, self._diff)
         return run_id
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
@@ -125,6 +134,8 @@ class Tracker:
                 **tags,
             },
         )
+        log_inputs(self.client, run.info.run_id, self.dataset, tags)
+        _OPEN[run.info.run_id] = self.client
         return run.info.run_id
 
     def log(
@@ -147,6 +158,22 @@ class Tracker:
 
     def is_active(self, run_id: str) -> bool:
         return self.client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING)
+
+
+# Runs this process created or logged into; a failing stage ends those still RUNNING.
+_OPEN: dict[str, MlflowClient] = {}
+
+
+def end_open_runs(status: str, reason: str) -> None:
+    """End every run of this process that is still RUNNING, with the reason as a tag."""
+    for run_id, client in list(_OPEN.items()):
+        if client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
+            client.set_tag(run_id, "reprolab.failure", reason[:5000])
+            client.set_terminated(run_id, status=status)
+    _OPEN.clear()
+
+
+FAILURE_HOOKS.append(end_open_runs)
 
 
 def _parent_query(model: str, study: str) -> str:
@@ -183,10 +210,11 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 
 def stage_tags(
-    device: str, params: Params, data_md5: Iterable[tuple[str, str]] = ()
+    device: str, params: Params, data: Iterable[tuple[str, str, str]] = ()
 ) -> dict[str, str]:
     """Tags of every run a stage logs: git sha, device, threads, the numerics in force
-    (core.numerics: mode, torch build, CPU capability) and the md5 of each split read."""
+    (core.numerics: mode, torch build, CPU capability), the md5 of the dvc.lock it ran under,
+    and for each split read (split, path, md5) its md5 and path (lineage.dataset_inputs)."""
     sha = git_sha()
     tags = {
         "mlflow.source.git.commit": sha,
@@ -195,5 +223,10 @@ def stage_tags(
         "reprolab.threads": str(params.threads),
         **{f"reprolab.{k}": v for k, v in numerics.describe(params.numerics).items()},
     }
-    tags.update({f"reprolab.data_md5.{name}": md5 for name, md5 in data_md5})
+    lock = Path("dvc.lock")
+    if lock.is_file():
+        tags["reprolab.dvc_lock_md5"] = md5_file(lock)
+    for split, path, md5 in data:
+        tags[f"{MD5_TAG}{split}"] = md5
+        tags[f"{PATH_TAG}{split}"] = path
     return tags

@@ -1,0 +1,95 @@
+"""MLflow lineage on a real SQLite store: every run lists the splits it read as dataset
+inputs (DVC md5 as digest, context), once; a checkout that differs from its commit logs the
+diff with the run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import clean_env
+from mlflow.tracking import MlflowClient
+
+from reprolab.core.params import validate_params
+from reprolab.tracking.runs import Tracker, stage_tags
+
+
+def _git_repo(path: Path) -> None:
+    env = clean_env()
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=path, env=env, check=True)
+
+
+def test_runs_carry_their_split_inputs_once_and_the_code_diff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    _git_repo(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = validate_params({"classifiers": {"mlp": {"arch": "mlp"}}}, options_of=[])
+    data = [
+        ("train", "data/splits/image/train.npz", "a" * 32),
+        ("val", "data/splits/image/val.npz", "b" * 32),
+    ]
+    tags = stage_tags("cpu", params, data)
+    tracker = Tracker("digits", "mlp", "study-1")
+    parent = tracker.parent_run_id(tags)
+    tracker.parent_run_id(tags)  # a second stage logging into the same parent run
+    child = tracker.start_child(parent, "trial-0", tags)
+    client = MlflowClient()
+    for run_id in (parent, child):
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        found = {(i.dataset.name, i.dataset.digest, i.tags[0].value) for i in inputs}
+        assert found == {
+            ("digits-train", "a" * 32, "train"),
+            ("digits-val", "b" * 32, "validation"),
+        }
+    run = client.get_run(parent)
+    assert run.data.tags["reprolab.git_dirty"] == "false"
+    assert run.data.tags["reprolab.numerics.mode"] == "portable"
+    # As inside `dvc exp run -S seed=2`: the params differ from the commit.
+    (tmp_path / "params.yaml").write_text("seed: 2\n")
+    dirty = Tracker("digits", "mlp", "study-2").parent_run_id(tags)
+    assert client.get_run(dirty).data.tags["reprolab.git_dirty"] == "true"
+    diff = Path(client.download_artifacts(dirty, "lineage/git.diff", str(tmp_path))).read_text()
+    assert "-seed: 1" in diff and "+seed: 2" in diff
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"),
+    [("error", "FAILED"), ("interrupt", "KILLED"), ("bug", "FAILED")],
+)
+def test_a_failing_stage_ends_the_runs_it_left_running(
+    raised: str, status: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reprolab.core.errors import DivergedError
+    from reprolab.core.stage import run_stage
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "params.yaml").write_text("classifiers: {mlp: {arch: mlp}}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr("sys.argv", ["train.py", "mlp"])
+    opened = []
+
+    def body(params, args) -> None:
+        tracker = Tracker("digits", "mlp", f"study-{raised}")
+        opened.append(tracker.parent_run_id({}))
+        if raised == "error":
+            raise DivergedError("loss diverged at epoch 3")
+        if raised == "interrupt":
+            raise KeyboardInterrupt
+        raise RuntimeError("a bug")
+
+    with pytest.raises((SystemExit, RuntimeError)):
+        run_stage("a stage", body, model_arg=True)
+    run = MlflowClient().get_run(opened[0])
+    assert run.info.status == status
+    assert run.data.tags["reprolab.failure"] in (
+        "loss diverged at epoch 3",
+        "interrupted (Ctrl-C)",
+        "RuntimeError: a bug",
+    )
