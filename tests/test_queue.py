@@ -31,6 +31,8 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
     from mlflow.tracking import MlflowClient
 
     repo = copy_repo(tiny_pipeline["repo"], tmp_path / "repo")
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    champions = {m.name: m.aliases.get("champion") for m in client.search_registered_models()}
     set_params(repo, {"classifiers": {"mlp": {"budget": BUDGET}}})  # a short tune and train
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
@@ -63,7 +65,6 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
         assert rows[f"bs{size}"][column["State"]] == "Success"
         assert rows[f"bs{size}"][header.index("metrics/mlp/test.json:accuracy")]
 
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("reprolab-digits")
     parents = client.search_runs(
         [experiment.experiment_id],
@@ -78,3 +79,8 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
         )
         assert len(trials) == BUDGET["n_trials"]
     assert len(client.search_model_versions("name = 'digits-mlp'")) == 1 + len(BATCH_SIZES)
+    # The champion is the workspace's result: queued experiments never move it.
+    assert {m.name: m.aliases.get("champion") for m in client.search_registered_models()} == (
+        champions
+    )
+    assert any(champions.values())
