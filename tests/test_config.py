@@ -27,6 +27,17 @@ BAD = {
         "transformer",
     ),
     "lr bounds reversed": ({"tune": {"lr": {"low": 0.1, "high": 0.001}}}, "tune.lr", "0.1"),
+    # What `reprolab check` used to pass and a stage then crashed on (or ran wrongly with).
+    "negative seed": ({"seed": -1}, "seed", "-1"),
+    "seed over 32 bits": ({"seed": 2**40}, "seed", str(2**40)),
+    "infinite lr bound": ({"tune": {"lr": {"high": float("inf")}}}, "tune.lr.high", "inf"),
+    "storage not a URL": ({"tune": {"storage": "not-a-url"}}, "tune.storage", "not-a-url"),
+    "a bool as a count": ({"tune": {"n_trials": True}}, "tune.n_trials", "True"),
+    "SQLite folder missing": (
+        {"tune": {"storage": "sqlite:////nonexistent/dir/x.db"}},
+        "tune.storage",
+        "/nonexistent/dir",
+    ),
     "val fraction above 1": ({"split": {"val_fraction": 1.5}}, "split.val_fraction", "1.5"),
     "val fraction zero": ({"split": {"val_fraction": 0}}, "split.val_fraction", "0"),
     "no trials": ({"tune": {"n_trials": 0}}, "tune.n_trials", "0"),
@@ -188,3 +199,17 @@ def test_a_dataset_of_the_wrong_kind_stops_its_data_stage(tmp_path: Path, monkey
     validate_params(bad, kinds_of=["image"])  # the image stages are not stopped
     with pytest.raises(ParamsError, match="datasets.tabular: 'mnist'"):
         validate_params(bad)  # reprolab check: every kind
+
+
+def test_an_sqlite_storage_in_a_missing_folder_creates_nothing(tmp_path: Path) -> None:
+    bad = deep_merge(DEFAULT, {"tune": {"storage": f"sqlite:///{tmp_path}/no/such/x.db"}})
+    with pytest.raises(ParamsError, match="does not exist"):
+        validate_params(bad, options_of=[])
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_key_given_twice_is_refused_as_dvc_refuses_it(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\nseed: 2\nclassifiers: {mlp: {arch: mlp}}\n")
+    with pytest.raises(ParamsError, match="key 'seed' appears twice in one mapping .line 2."):
+        load_params(path, options_of=[])

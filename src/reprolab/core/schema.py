@@ -5,6 +5,7 @@ reprolab.core.params loads and validates a file against it before any stage does
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -16,7 +17,15 @@ from pydantic import (
 
 from reprolab.core import registry
 from reprolab.core.errors import ParamsError
-from reprolab.core.specs import Fraction, GeneratorSpec, ModelSpec, PositiveInt, _Strict
+from reprolab.core.specs import (
+    Count,
+    Fraction,
+    GeneratorSpec,
+    ModelSpec,
+    PositiveInt,
+    Seed,
+    _Strict,
+)
 
 
 class LogRange(_Strict):
@@ -33,7 +42,7 @@ class LogRange(_Strict):
 class SplitParams(_Strict):
     val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.15
-    seed: int = 0
+    seed: Seed = 0
     # Use a dataset's published test split (MNIST, CIFAR...) instead of test_fraction.
     official_test: bool = True
 
@@ -51,10 +60,13 @@ class PrunerParams(_Strict):
     # median: Optuna's MedianPruner; successive_halving / hyperband: multi-fidelity pruning
     # over 1..tune.epochs (min_epochs, reduction_factor).
     kind: Literal["median", "successive_halving", "hyperband"] = "median"
-    n_startup_trials: Annotated[int, Field(ge=0)] = 3  # median
-    n_warmup_steps: Annotated[int, Field(ge=0)] = 2  # median
+    n_startup_trials: Count = 3  # median
+    n_warmup_steps: Count = 2  # median
     min_epochs: PositiveInt = 1  # successive_halving, hyperband
-    reduction_factor: Annotated[int, Field(ge=2)] = 3  # successive_halving, hyperband
+    reduction_factor: Annotated[int, Field(ge=2, strict=True)] = 3  # successive_halving, hyperband
+
+
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 
 
 class TuneParams(_Strict):
@@ -62,13 +74,30 @@ class TuneParams(_Strict):
     epochs: PositiveInt = 10
     lr: LogRange = LogRange(low=1e-4, high=1e-1)
     weight_decay: LogRange = LogRange(low=1e-6, high=1e-2)
-    sampler_startup_trials: Annotated[int, Field(ge=0)] = 5
+    sampler_startup_trials: Count = 5
     pruner: PrunerParams = PrunerParams()
     # Processes the tune stage runs the study with (`reprolab tune-worker` adds others).
     workers: PositiveInt = 1
     # Optuna RDB URL (e.g. postgresql://host/db); REPROLAB_OPTUNA_STORAGE overrides it.
     # None: SQLite under the workspace root.
     storage: str | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _rdb_url(cls, url: str | None) -> str | None:
+        """An RDB URL Optuna can open; an SQLite file's folder must exist (nothing creates it)."""
+        if url is None:
+            return url
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.split("+")[0] not in RDB_SCHEMES:
+            raise ValueError(
+                f"not an RDB URL; give {' | '.join(f'{s}://...' for s in RDB_SCHEMES)} or null"
+            )
+        if scheme == "sqlite":
+            folder = Path(rest.removeprefix("/")).parent if rest.startswith("/") else None
+            if folder is not None and not folder.is_dir():
+                raise ValueError(f"the folder {folder} of the SQLite file does not exist")
+        return url
 
 
 class StepSchedule(_Strict):
@@ -80,7 +109,7 @@ class AugmentParams(_Strict):
     """Batched augmentation of training images on the device (validation never)."""
 
     # Random crop back to size after zero-padding each side by this many pixels; 0 = off.
-    crop_padding: Annotated[int, Field(ge=0)] = 0
+    crop_padding: Count = 0
     # Random horizontal flip; off by default: a flipped digit or letter is another symbol.
     flip: bool = False
 
@@ -160,7 +189,7 @@ class ReportParams(_Strict):
 
 
 class Params(_Strict):
-    seed: int = 0
+    seed: Seed = 0
     datasets: DatasetsParams = DatasetsParams()
     # A folder or URL prefix holding original dataset files, consulted before the source.
     mirror: str | None = None

@@ -11,11 +11,15 @@ from reprolab.core import registry
 
 
 class _Strict(BaseModel):
-    # A typo'd key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A typo'd key is an error, not a silently ignored setting; .inf and .nan are refused.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
+# Integers are strict: `true` or "3" is not a count (YAML's true would otherwise be 1).
+PositiveInt = Annotated[int, Field(ge=1, strict=True)]
+Count = Annotated[int, Field(ge=0, strict=True)]
+# numpy seeds its generators with 32 bits; the pipeline derives a few seeds above it (+1, +2).
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 

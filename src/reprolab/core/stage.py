@@ -44,6 +44,11 @@ def run_stage(
     except ReprolabError as err:
         _failed("FAILED", str(err))
         sys.exit(f"error: {err}")
+    except OSError as err:  # the machine's fault: disk full, read-only or forbidden folder
+        where = f"{err.filename}: " if err.filename else ""
+        message = f"{where}{err.strerror or err}"
+        _failed("FAILED", message)
+        sys.exit(f"error: {message}; free space or fix the permissions, then rerun the stage")
     except KeyboardInterrupt:
         _failed("KILLED", "interrupted (Ctrl-C)")
         sys.exit(f"{parser.prog}: interrupted; no output was replaced (writes are atomic)")

@@ -55,8 +55,14 @@ def load_model(
     for path in (spec_path, weights_path):
         if not path.is_file():
             raise CheckpointError(f"{shown or path}: {path.name} not found; {rerun} first")
-    info = json.loads(spec_path.read_text())
-    model = build(ModelSpec.from_json(info))
+    try:
+        info = json.loads(spec_path.read_text())
+        model = build(ModelSpec.from_json(info))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # edited or corrupt
+        raise CheckpointError(
+            f"{shown or spec_path}: not a model spec this code can build "
+            f"({type(err).__name__}: {err}); {rerun} to write it again"
+        ) from None
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

@@ -60,6 +60,7 @@ def copy_into(dest: Path, options: dict) -> None:
     root = Path(options["path"]).expanduser()
     if not root.is_dir():
         raise DataError(f"imagefolder.path: folder {str(root)!r} does not exist")
+    _no_empty_class(root, IMG_EXTENSIONS)
     for file in sorted(root.rglob("*")):
         if file.is_file() and file.suffix.lower() in IMG_EXTENSIONS:
             open_image(file, "RGB")  # a bad file is named here, not as its copy in a temp dir
@@ -67,6 +68,18 @@ def copy_into(dest: Path, options: dict) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(file, target)
     (dest / OPTIONS_FILE).write_text(json.dumps({"image_size": options["image_size"]}) + "\n")
+
+
+def _no_empty_class(root: Path, extensions: tuple[str, ...]) -> None:
+    """A class folder without images would silently vanish from the classes: refuse it."""
+    split_dirs = [root / d for d in ("train", *TEST_DIRS) if (root / d).is_dir()]
+    for base in split_dirs if (root / "train").is_dir() else [root]:
+        for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+            if not any(f.is_file() and f.suffix.lower() in extensions for f in folder.rglob("*")):
+                raise DataError(
+                    f"imagefolder.path: class folder {folder} holds no image "
+                    f"({', '.join(extensions)}); add images to it or remove it"
+                )
 
 
 def _read(folder: Path, size: int, class_to_idx: dict[str, int] | None = None):
