@@ -77,3 +77,102 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_output_whole(tmp_path: Path)
     assert line.startswith("error: ") and "File too large" in line, line
     assert (tmp_path / "out.json").read_text() == '{"x": "old"}\n'
     assert not list(tmp_path.glob(".out.json.*"))  # no temp file left behind
+
+
+READ_ONLY_STORE = """
+import os
+from reprolab.core.stage import run_stage
+
+def body(params, args):
+    if os.environ["STORE"] == "mlflow":
+        from reprolab.tracking.runs import Tracker
+        Tracker("digits", "mlp", "study").parent_run_id({})
+    else:
+        import optuna
+        from reprolab.tuning.storage import open_storage
+        from reprolab.tracking.runs import Tracker
+        storage = open_storage(os.environ["URL"], Tracker("digits", "mlp", "s"))
+        optuna.create_study(study_name="s", storage=storage)
+
+run_stage("a stage", body)
+"""
+
+
+@pytest.fixture
+def read_only(tmp_path: Path):
+    """A folder made read-only by a real read-only bind mount (root with mount rights)."""
+    folder = tmp_path / "stores"
+    folder.mkdir()
+
+    def mount(*args: str) -> bool:
+        return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+    def seal() -> None:
+        if not (
+            mount("--bind", str(folder), str(folder))
+            and mount("-o", "remount,bind,ro", str(folder))
+        ):
+            pytest.skip("a read-only bind mount needs root with mount rights")
+
+    yield folder, seal
+    subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.mark.parametrize("store", ["mlflow", "optuna"])
+def test_a_read_only_store_is_one_line_naming_what_to_fix(
+    store: str, read_only, tmp_path: Path
+) -> None:
+    folder, seal = read_only
+    (tmp_path / "params.yaml").write_text("classifiers: {mlp: {arch: mlp}}\n")
+    (tmp_path / ".dvc").mkdir()
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    url = f"sqlite:///{folder / 'studies.db'}"
+    env |= {"STORE": store, "URL": url}
+    script = [sys.executable, "-c", READ_ONLY_STORE]
+    # First a writable run creates both stores, then the folder is sealed.
+    if store == "mlflow":
+        first = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert first.returncode == 0, first.stderr[-2000:]
+    else:
+        import optuna
+
+        optuna.create_study(study_name="other", storage=url)
+    seal()
+    result = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {folder}/") and "Read-only file system" in last, last
+
+
+def test_an_unreachable_study_server_is_one_line_naming_what_to_fix(tmp_path: Path) -> None:
+    """Nothing listens on port 1: the database driver's error, in one line."""
+    (tmp_path / "params.yaml").write_text("classifiers: {mlp: {arch: mlp}}\n")
+    (tmp_path / ".dvc").mkdir()
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "STORE": "optuna"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["URL"] = "postgresql+psycopg2://nobody@127.0.0.1:1/optuna"
+    result = subprocess.run(
+        [sys.executable, "-c", READ_ONLY_STORE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: OperationalError: ") and "Optuna storage" in last, last
+
+
+def test_a_huge_csv_field_is_one_line(tmp_path: Path) -> None:
+    from reprolab.core.errors import PredictError
+    from reprolab.predict import read_csv_rows
+
+    path = tmp_path / "rows.csv"
+    path.write_text("1," + "9" * 200_000 + "\n")
+    with pytest.raises(PredictError) as err:
+        read_csv_rows(path, (2,))
+    assert "\n" not in str(err.value) and "rows.csv" in str(err.value)

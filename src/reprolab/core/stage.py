@@ -53,12 +53,21 @@ def run_stage(
         _failed("KILLED", "interrupted (Ctrl-C)")
         sys.exit(f"{parser.prog}: interrupted; no output was replaced (writes are atomic)")
     except BaseException as err:
-        _failed("FAILED", f"{type(err).__name__}: {err}")
-        raise
+        advice = next((a for kind, a in STORE_FAULTS if isinstance(err, kind)), None)
+        lines = str(err).strip().splitlines() or [""]
+        message = f"{type(err).__name__}: {lines[0][:300]}"
+        _failed("FAILED", message if advice else f"{type(err).__name__}: {err}")
+        if advice is None:
+            raise  # a bug: keep its traceback
+        sys.exit(f"error: {message}; {advice}")
     # The run is done. Interpreter shutdown runs full garbage collections over every object
-    # torch and MLflow allocated (~0.9 s a stage, bench/startup.py); frozen objects are skipped.
+    # torch and MLflow allocated (0.7-0.9 s a stage, bench/startup.py); frozen ones are skipped.
     gc.freeze()
 
+
+# Faults of the stores other layers talk to (MLflow, Optuna's database): the exception type a
+# layer registers and what the user should do; the stage reports them in one line.
+STORE_FAULTS: list[tuple[type[BaseException], str]] = []
 
 # Called with (status, reason) when a stage fails: tracking ends the MLflow runs this
 # process left running (FAILED, or KILLED on Ctrl-C) instead of leaving them RUNNING.

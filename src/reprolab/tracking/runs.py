@@ -24,7 +24,7 @@ from reprolab.core import numerics
 from reprolab.core.io import file_lock, md5_file
 from reprolab.core.paths import workspace_root
 from reprolab.core.schema import Params
-from reprolab.core.stage import FAILURE_HOOKS
+from reprolab.core.stage import FAILURE_HOOKS, STORE_FAULTS
 from reprolab.tracking.lineage import MD5_TAG, PATH_TAG, code_diff, log_code_diff, log_inputs
 
 TAG_MODEL = "reprolab.model"
@@ -174,6 +174,13 @@ def end_open_runs(status: str, reason: str) -> None:
 
 
 FAILURE_HOOKS.append(end_open_runs)
+STORE_FAULTS.append(
+    (
+        mlflow.exceptions.MlflowException,
+        "the MLflow store (MLFLOW_TRACKING_URI, else mlflow.db and mlartifacts/ in the "
+        "workspace) must be reachable and writable",
+    )
+)
 
 
 def _parent_query(model: str, study: str) -> str:

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial
 
 from reprolab.core.io import file_lock
 from reprolab.core.paths import workspace_root
+from reprolab.core.stage import STORE_FAULTS
 from reprolab.tracking.runs import Tracker
 
 # Heartbeats and stale-trial retry are the documented resume pattern; optuna still flags
@@ -33,6 +34,13 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 # under the claim lock.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 HEARTBEAT_S = 5
+STORE_FAULTS.append(
+    (
+        sqlalchemy.exc.SQLAlchemyError,
+        "the Optuna storage (REPROLAB_OPTUNA_STORAGE, tune.storage, else .optuna/studies.db in "
+        "the workspace) must be reachable and writable",
+    )
+)
 
 
 def storage_url(configured: str | None = None) -> str:
