@@ -13,7 +13,8 @@ The caps are read when torch (and its libraries) initialise, so ``apply("portabl
 before the first ``import torch`` in the process; it overrides whatever the user had set.
 
 Same bits additionally need: same torch build (version + wheel), same thread count, same code
-and data order. CUDA: see :data:`CUDA_NOTE`. ARM (aarch64) never matches x86-64 bits.
+and data order. CUDA: learn.device.configure_backends sets deterministic algorithms and
+CUBLAS_WORKSPACE_CONFIG; runs repeat on one GPU model only. ARM never matches x86-64 bits.
 
 This module deliberately does not import torch at module level.
 """
@@ -27,27 +28,13 @@ from pathlib import Path
 
 from reprolab.core.errors import ReprolabError
 
-__all__ = [
-    "CUDA_NOTE",
-    "CUDA_WORKSPACE_CONFIG",
-    "MKL_CBWR_INTEL_ONLY",
-    "MODES",
-    "PORTABLE_ENV",
-    "NumericsTooLateError",
-    "apply",
-    "configure_cuda_determinism",
-    "describe",
-    "machine_supports_portable",
-]
-
 MODES: tuple[str, ...] = ("portable", "native")
 
 #: Env caps that pin CPU float kernels for x86-64 CPUs with AVX2. ``MKL_CBWR`` is COMPATIBLE, not
 #: AVX2: oneMKL honours the AVX2 branch only on Intel CPUs and silently falls back to its AUTO
 #: branch on AMD (measured: MKL_VERBOSE prints CNR:AUTO), so AVX2 cannot give Intel == AMD bits.
 #: COMPATIBLE is oneMKL's documented branch for "Intel and Intel-compatible" CPUs; it cost 20-28%
-#: on GEMM-bound models (docs/reproducibility.md); :data:`MKL_CBWR_INTEL_ONLY` is the faster
-#: Intel-only value.
+#: on GEMM-bound models (docs/reproducibility.md); AVX2 is the faster Intel-only value.
 PORTABLE_ENV: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -55,20 +42,6 @@ PORTABLE_ENV: dict[str, str] = {
     # numpy/scipy's OpenBLAS (the scikit-learn baselines): its AVX2 kernel set.
     "OPENBLAS_CORETYPE": "Haswell",
 }
-
-#: MKL_CBWR value that reproduces only across Intel CPUs with AVX2 (AMD falls back to AUTO).
-MKL_CBWR_INTEL_ONLY: str = "AVX2"
-
-#: cuBLAS needs a fixed workspace config for deterministic GEMMs (with deterministic algorithms).
-CUDA_WORKSPACE_CONFIG: str = ":4096:8"
-
-CUDA_NOTE: str = (
-    "CUDA: the backend-configuring function must set CUBLAS_WORKSPACE_CONFIG=:4096:8 (before "
-    "the first cuBLAS call) and torch.use_deterministic_algorithms(True) (plus "
-    "torch.backends.cudnn.benchmark=False). That makes repeated runs on the same GPU model, "
-    "driver and torch/CUDA build bit-identical; bit equality across GPU models, or between GPU "
-    "and CPU, is not promised."
-)
 
 _TRUE_CAPABILITY = "AVX2"  # what torch.backends.cpu.get_cpu_capability() reports when capped
 
@@ -152,19 +125,6 @@ def describe(mode: str) -> dict[str, str]:
     for k in PORTABLE_ENV:
         out[f"numerics.env.{k}"] = os.environ.get(k, "")
     return out
-
-
-def configure_cuda_determinism() -> None:
-    """Deterministic CUDA settings (see :data:`CUDA_NOTE`); call before the first cuBLAS use.
-
-    Overrides CUBLAS_WORKSPACE_CONFIG. Same-GPU-model repeatability only.
-    """
-    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUDA_WORKSPACE_CONFIG
-    import torch
-
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
 
 
 class PinMismatchError(ReprolabError):
