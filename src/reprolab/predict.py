@@ -68,7 +68,8 @@ def _rebuild(folder: Path, uri: str | None = None) -> Predictor:
     import torch
 
     from reprolab.core import registry
-    from reprolab.learn.checkpoints import SPEC_FILE, load_model
+    from reprolab.core.paths import SPEC_FILE
+    from reprolab.learn.checkpoints import load_model
 
     spec_path, shown = folder / SPEC_FILE, uri or str(folder)
     try:
@@ -103,7 +104,7 @@ def _rebuild(folder: Path, uri: str | None = None) -> Predictor:
 def _load_mlflow(uri: str) -> Predictor:
     """Download the version's ``extra_files/`` model.json + model.pt (nothing else: no file of
     it is unpickled or imported) and rebuild the network from them."""
-    from reprolab.learn.checkpoints import MODEL_FILE, SPEC_FILE
+    from reprolab.core.paths import MODEL_FILE, SPEC_FILE
     from reprolab.tracking.logged_files import download_extra_files
 
     with tempfile.TemporaryDirectory(prefix="reprolab-predict-") as tmp:
@@ -118,7 +119,7 @@ def _load_mlflow(uri: str) -> Predictor:
 
 def _check_md5(folder: Path, uri: str) -> None:
     """model.json records the md5 of the weights it was saved with; they must be these."""
-    from reprolab.learn.checkpoints import MODEL_FILE, SPEC_FILE
+    from reprolab.core.paths import MODEL_FILE, SPEC_FILE
 
     try:
         recorded = json.loads((folder / SPEC_FILE).read_text()).get("weights_md5")

@@ -17,6 +17,9 @@ MODELS = Path("models")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")
+# A trained model's files in models/<name>/: weights (a state dict) and the spec that builds it.
+MODEL_FILE = "model.pt"
+SPEC_FILE = "model.json"
 
 
 def workspace_root() -> Path:

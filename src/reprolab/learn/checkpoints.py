@@ -16,10 +16,8 @@ from torch import nn
 
 from reprolab.core.errors import CheckpointError
 from reprolab.core.io import atomic_path, write_json
+from reprolab.core.paths import MODEL_FILE, SPEC_FILE
 from reprolab.models._base import ModelSpec, build_model
-
-MODEL_FILE = "model.pt"
-SPEC_FILE = "model.json"
 
 
 def save_model(model: nn.Module, spec: ModelSpec, folder: Path, extra: dict) -> str:

@@ -156,7 +156,7 @@ def leaderboards(params: Params) -> tuple[list[tuple[Section, list[dict]]], dict
     """The ranked rows of each section, and the figures drawn into reports/figures/."""
     boards = [(section, leaderboard_rows(params, section)) for section in sections(params)]
     models = list(params.all_models())
-    specs = {m: _read(paths.model_dir(m) / "model.json") for m in models}
+    specs = {m: _read(paths.model_dir(m) / paths.SPEC_FILE) for m in models}
     inputs = {
         "curves": paths.PLOTS / "curves",
         "trials": paths.PLOTS / "trials",
@@ -196,14 +196,14 @@ def champion_candidates(rows: list[dict]) -> list[str]:
 
 def champion_weights_md5(model: str) -> str:
     """The md5 of the model.pt DVC tracks for ``model`` (recorded in its model.json)."""
-    return _read(paths.model_dir(model) / "model.json")["weights_md5"]
+    return _read(paths.model_dir(model) / paths.SPEC_FILE)["weights_md5"]
 
 
 def train_times(params: Params) -> list[dict]:
     """Each model's wall-clock training time from its MLflow run (None: not in this store)."""
     rows = []
     for model in params.all_models():
-        spec = _read(paths.model_dir(model) / "model.json")
+        spec = _read(paths.model_dir(model) / paths.SPEC_FILE)
         logged = logged_metrics(params.dataset_of(model), model, spec.get("study", ""))
         seconds = logged.get("train_seconds")
         rows.append({"model": model, "train_seconds": "-" if seconds is None else seconds})

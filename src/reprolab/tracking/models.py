@@ -14,7 +14,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from reprolab.core.paths import workspace_root
+from reprolab.core.paths import MODEL_FILE, SPEC_FILE, workspace_root
 from reprolab.tracking.runs import Tracker, tracking_uri, verifying
 
 CHAMPION = "champion"
@@ -76,7 +76,7 @@ def log_final_model(
             metadata=about,
             extra_files=None
             if folder is None
-            else [str(folder / "model.pt"), str(folder / "model.json")],
+            else [str(folder / MODEL_FILE), str(folder / SPEC_FILE)],
         )
     version = info.registered_model_version
     if version is not None:

@@ -25,7 +25,8 @@ import torch
 from reprolab.core import paths, registry
 from reprolab.core.errors import CheckpointError
 from reprolab.core.io import write_json, write_tsv
-from reprolab.learn.checkpoints import SPEC_FILE, load_model, save_model
+from reprolab.core.paths import SPEC_FILE
+from reprolab.learn.checkpoints import load_model, save_model
 from reprolab.learn.context import ModelContext
 from reprolab.learn.features import FrechetScorer, load_classifier
 from reprolab.learn.gan import fit_gan, fixed_noise, generate, sampler, write_sample_grid
