@@ -12,6 +12,7 @@ from conftest import clean_env
 from mlflow.tracking import MlflowClient
 
 from reprolab.core.params import validate_params
+from reprolab.tracking.lineage import code_diff
 from reprolab.tracking.runs import Tracker, stage_tags
 
 
@@ -52,6 +53,7 @@ def test_runs_carry_their_split_inputs_once_and_the_code_diff(
     assert run.data.tags["reprolab.numerics.mode"] == "portable"
     # As inside `dvc exp run -S seed=2`: the params differ from the commit.
     (tmp_path / "params.yaml").write_text("seed: 2\n")
+    code_diff.cache_clear()  # the diff is read once per process; a new stage is a new process
     dirty = Tracker("digits", "mlp", "study-2").parent_run_id(tags)
     assert client.get_run(dirty).data.tags["reprolab.git_dirty"] == "true"
     diff = Path(client.download_artifacts(dirty, "lineage/git.diff", str(tmp_path))).read_text()

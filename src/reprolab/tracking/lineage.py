@@ -4,6 +4,7 @@ diff it ran with when the checkout differs from its commit (as inside `dvc exp r
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from collections.abc import Mapping
@@ -49,8 +50,10 @@ def log_inputs(client: MlflowClient, run_id: str, dataset: str, tags: Mapping[st
         client.log_inputs(run_id, datasets=new)
 
 
+@functools.cache
 def code_diff() -> str:
-    """`git diff HEAD` of the code and config (empty when they are as committed)."""
+    """`git diff HEAD` of the code and config (empty when they are as committed); once per
+    process: the checkout does not change under a running stage."""
     try:
         out = subprocess.run(
             ["git", "diff", "HEAD", "--", *CODE], capture_output=True, text=True, timeout=30
@@ -60,7 +63,15 @@ def code_diff() -> str:
     return out.stdout if out.returncode == 0 else ""
 
 
-def log_code_diff(client: MlflowClient, run_id: str, diff: str) -> None:
+_DIFF_LOGGED: set[str] = set()
+
+
+def log_code_diff(client: MlflowClient, run_id: str) -> None:
+    """Tag the run dirty or not and, if dirty, attach the diff: once per run and process."""
+    if run_id in _DIFF_LOGGED:
+        return
+    diff = code_diff()
     client.set_tag(run_id, "reprolab.git_dirty", "true" if diff else "false")
     if diff:
         client.log_text(run_id, diff, "lineage/git.diff")
+    _DIFF_LOGGED.add(run_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -25,7 +25,7 @@ from reprolab.core.io import file_lock, md5_file
 from reprolab.core.paths import workspace_root
 from reprolab.core.schema import Params
 from reprolab.core.stage import FAILURE_HOOKS, STORE_FAULTS
-from reprolab.tracking.lineage import MD5_TAG, PATH_TAG, code_diff, log_code_diff, log_inputs
+from reprolab.tracking.lineage import MD5_TAG, PATH_TAG, log_code_diff, log_inputs
 
 TAG_MODEL = "reprolab.model"
 TAG_STUDY = "reprolab.study"
@@ -73,7 +73,6 @@ class Tracker:
     def __init__(self, dataset: str, model: str, study: str) -> None:
         mlflow.set_tracking_uri(tracking_uri())
         self.dataset, self.model, self.study = dataset, model, study
-        self._diff: str | None = None
         # Processes that open a new SQLite store together race to create its tables
         # ("table ... already exists"): parallel tune workers, queued experiments.
         with _store_lock():
@@ -109,17 +108,15 @@ class Tracker:
                 tags={TAG_MODEL: self.model, TAG_STUDY: self.study, TAG_ROLE: "model"},
             )
             run_id = run.info.run_id
-        _OPEN[run_id] = self.client
+        _OPEN[run_id] = self
         self.set_tags(run_id, tags)
         log_inputs(self.client, run_id, self.dataset, tags)
-        if self._diff is None:  # once per process: the checkout does not change mid-stage
-            self._diff = code_diff()
-            log_code_diff(self.client, run_id, self._diff)
+        log_code_diff(self.client, run_id)
         return run_id
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
+        """All in one batched call (a stage sets about twenty)."""
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def start_child(self, parent_id: str, name: str, tags: Mapping[str, str]) -> str:
         run = self.client.create_run(
@@ -135,7 +132,7 @@ class Tracker:
             },
         )
         log_inputs(self.client, run.info.run_id, self.dataset, tags)
-        _OPEN[run.info.run_id] = self.client
+        _OPEN[run.info.run_id] = self
         return run.info.run_id
 
     def log(
@@ -161,15 +158,15 @@ class Tracker:
 
 
 # Runs this process created or logged into; a failing stage ends those still RUNNING.
-_OPEN: dict[str, MlflowClient] = {}
+_OPEN: dict[str, Tracker] = {}
 
 
 def end_open_runs(status: str, reason: str) -> None:
     """End every run of this process that is still RUNNING, with the reason as a tag."""
-    for run_id, client in list(_OPEN.items()):
-        if client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
-            client.set_tag(run_id, "reprolab.failure", reason[:5000])
-            client.set_terminated(run_id, status=status)
+    for run_id, tracker in list(_OPEN.items()):
+        if tracker.is_active(run_id):
+            tracker.set_tags(run_id, {"reprolab.failure": reason[:5000]})
+            tracker.end(run_id, status)
     _OPEN.clear()
 
 
