@@ -34,6 +34,7 @@ class ModelContext:
         self.train: TrainParams = self.params.train_for(self.name)
         self.device: torch.device = select_device(self.params.device)
         seed_everything(self.params.seed, self.params.threads)
+        self._md5: dict[str, str] = {}
 
     @cached_property
     def meta(self) -> dict:
@@ -70,8 +71,12 @@ class ModelContext:
         ]
 
     def data_md5(self, splits: tuple[str, ...]) -> list[tuple[str, str]]:
-        """md5 of each split file read: the same hash DVC records for it in dvc.lock."""
-        return [(s, md5_file(paths.split_file(self.kind, s))) for s in splits]
+        """md5 of each split file read: the same hash DVC records for it in dvc.lock (read
+        once per context: the study name, its attributes and the run tags all need it)."""
+        for s in splits:
+            if s not in self._md5:
+                self._md5[s] = md5_file(paths.split_file(self.kind, s))
+        return [(s, self._md5[s]) for s in splits]
 
     @property
     def environment(self) -> dict[str, str]:

@@ -7,6 +7,7 @@ whatever its entry point. The inputs are also recorded as the study's user attri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -20,7 +21,7 @@ PACKAGE = Path(__file__).parents[1]  # src/reprolab
 CODE_UNITS = ("core", "learn", "tuning", "models/_base.py")
 
 
-def code_files(archs: list[str]) -> list[Path]:
+def code_files(archs: tuple[str, ...]) -> list[Path]:
     files: list[Path] = []
     for unit in (*CODE_UNITS, *(f"models/{arch}.py" for arch in archs)):
         path = PACKAGE / unit
@@ -28,8 +29,9 @@ def code_files(archs: list[str]) -> list[Path]:
     return files
 
 
-def code_fingerprint(archs: list[str]) -> str:
-    """sha256 of the code units and the arch modules (paths and bytes)."""
+@functools.cache
+def code_fingerprint(archs: tuple[str, ...]) -> str:
+    """sha256 of the code units and the arch modules (paths and bytes); once per process."""
     digest = hashlib.sha256()
     for path in code_files(archs):
         digest.update(path.relative_to(PACKAGE).as_posix().encode())
@@ -57,7 +59,7 @@ def study_inputs(ctx: ModelContext) -> dict:
         ),
         "model": ctx.spec.model_dump(mode="json"),
         "data": ctx.data_md5(("train", "val")),
-        "code": code_fingerprint(archs),
+        "code": code_fingerprint(tuple(archs)),
         **get_task(ctx.task).identity(ctx),
     }
 
