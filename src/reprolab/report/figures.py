@@ -86,7 +86,7 @@ def _samples(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
     return True
 
 
-def confusion_counts(path: Path, classes: list[str]) -> list[list[int]]:
+def confusion_from_rows(path: Path, classes: list[str]) -> list[list[int]]:
     """counts[actual][predicted] from the test plot's rows (plots/confusion/<model>.csv)."""
     index = {name: i for i, name in enumerate(classes)}
     counts = [[0] * len(classes) for _ in classes]
@@ -100,7 +100,7 @@ def _confusion(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
     classes = inputs["classes"].get(model)
     if not path.is_file() or not classes:
         return False  # not a classifier
-    counts = confusion_counts(path, classes)
+    counts = confusion_from_rows(path, classes)
     ax = fig.subplots()
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax)

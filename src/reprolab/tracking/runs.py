@@ -157,6 +157,17 @@ class Tracker:
         return self.client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING)
 
 
+def log_test_metrics(
+    dataset: str, model: str, study: str, tags: Mapping[str, str], metrics: Mapping[str, float]
+) -> None:
+    """The one test evaluation's metrics, as ``test_<name>``, on the model's parent run, which
+    this ends (the last stage to log into it)."""
+    tracker = Tracker(dataset, model, study)
+    parent = tracker.parent_run_id(tags)
+    tracker.log(parent, metrics={f"test_{k}": v for k, v in metrics.items()})
+    tracker.end(parent)
+
+
 # Runs this process created or logged into; a failing stage ends those still RUNNING.
 _OPEN: dict[str, Tracker] = {}
 

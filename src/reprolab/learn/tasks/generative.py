@@ -35,7 +35,7 @@ from reprolab.learn.tasks._base import Task, TrialFit, describe_run
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models.dcgan import DCGAN
 from reprolab.tracking.models import log_final_model
-from reprolab.tracking.runs import Tracker
+from reprolab.tracking.runs import log_test_metrics
 
 TEST_NOISE_SEED_OFFSET = 3  # the test split's noise: apart from validation's and the grid's
 GRID_SAMPLES = 64
@@ -225,10 +225,7 @@ def evaluate_gan(ctx: GanContext, tags: dict[str, str]) -> dict:
     write_sample_grid(
         model, paths.PLOTS / "samples" / f"{ctx.name}.png", info["pixel_max"], p.seed, GRID_SAMPLES
     )
-    tracker = Tracker(ctx.dataset, ctx.name, info["study"])
-    parent = tracker.parent_run_id(tags)
-    tracker.log(parent, metrics={"test_fid": metrics["fid"]})
-    tracker.end(parent)
+    log_test_metrics(ctx.dataset, ctx.name, info["study"], tags, {"fid": metrics["fid"]})
     return metrics
 
 

@@ -15,7 +15,7 @@ from reprolab.learn.loop import EpochCallback
 from reprolab.learn.objectives import OBJECTIVES
 from reprolab.learn.tasks._base import Task, TrialFit, describe_run
 from reprolab.tracking.models import log_final_model
-from reprolab.tracking.runs import Tracker, flatten
+from reprolab.tracking.runs import flatten, log_test_metrics
 
 
 class SupervisedTask(Task):
@@ -97,15 +97,8 @@ class SupervisedTask(Task):
         write_json(paths.METRICS / ctx.name / "test.json", metrics)
         write_tsv(paths.PLOTS / task.test_plot / f"{ctx.name}.csv", rows, sep=",")
 
-        tracker = Tracker(ctx.dataset, ctx.name, info["study"])
-        parent = tracker.parent_run_id(tags)
-        tracker.log(
-            parent,
-            metrics={
-                f"test_{k}": v for k, v in metrics.items() if isinstance(v, float) and k != "n_test"
-            },
-        )
-        tracker.end(parent)
+        logged = {k: v for k, v in metrics.items() if isinstance(v, float) and k != "n_test"}
+        log_test_metrics(ctx.dataset, ctx.name, info["study"], tags, logged)
         return metrics
 
 
