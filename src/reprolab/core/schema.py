@@ -76,6 +76,9 @@ class TuneParams(_Strict):
     weight_decay: LogRange = LogRange(low=1e-6, high=1e-2)
     sampler_startup_trials: Count = 5
     pruner: PrunerParams = PrunerParams()
+    # Low-fidelity trials: each trial trains on at most this many train rows (a seeded
+    # subsample, stratified by class for classifiers; validation stays whole). None: all.
+    train_rows: PositiveInt | None = None
     # Processes the tune stage runs the study with (`reprolab tune-worker` adds others).
     workers: PositiveInt = 1
     # Optuna RDB URL (e.g. postgresql://host/db); REPROLAB_OPTUNA_STORAGE overrides it.

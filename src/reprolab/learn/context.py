@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from reprolab.core import paths
+from reprolab.core.errors import ParamsError
 from reprolab.core.io import md5_file
 from reprolab.core.schema import ModelSpec, Params, TrainParams, TuneParams
 from reprolab.learn.device import seed_everything, select_device
 from reprolab.learn.objectives import OBJECTIVES
-from reprolab.learn.tensors import TensorData, load_meta, load_split
+from reprolab.learn.tensors import TensorData, load_meta, load_split, subsample
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models._base import build_model
 
@@ -63,6 +64,18 @@ class ModelContext:
 
     def load(self, split: str) -> TensorData:
         return load_split(paths.split_file(self.kind, split), self.device)
+
+    def trial_train(self) -> TensorData:
+        """The train rows an Optuna trial fits on: ``tune.train_rows`` of them (seeded,
+        stratified for classifiers) or all."""
+        stratify = self.task == "classification"
+        rows = self.tune.train_rows
+        if stratify and rows is not None and rows < len(self.meta["classes"]):
+            raise ParamsError(
+                f"tune.train_rows: {rows} is fewer than the {len(self.meta['classes'])} classes "
+                f"of {self.dataset}; give at least one row per class, or null for all"
+            )
+        return subsample(self.load("train"), rows, self.params.seed, stratify)
 
     def data_files(self, splits: tuple[str, ...]) -> list[tuple[str, str, str]]:
         """(split, path, md5) of each split file read, for the runs' lineage."""

@@ -28,6 +28,20 @@ class TensorData:
         return self.x.index_select(0, index).float(), self.y.index_select(0, index)
 
 
+def subsample(data: TensorData, rows: int | None, seed: int, stratify: bool) -> TensorData:
+    """At most ``rows`` rows of ``data``, drawn with ``seed`` (per class in proportion when
+    ``stratify``), kept in their original order; all of it when ``rows`` is None or larger."""
+    n = len(data)
+    if rows is None or rows >= n:
+        return data
+    from sklearn.model_selection import train_test_split
+
+    labels = data.y.cpu().numpy() if stratify else None
+    keep, _ = train_test_split(np.arange(n), train_size=rows, random_state=seed, stratify=labels)
+    index = torch.from_numpy(np.sort(keep)).to(data.y.device)
+    return TensorData(x=data.x.index_select(0, index), y=data.y.index_select(0, index))
+
+
 def _missing(path: Path) -> DataError:
     kind = path.parent.name
     return DataError(f"{path}: not found; run `dvc repro split@{kind}` first")

@@ -103,7 +103,7 @@ def study_lock(storage: RDBStorage, name: str) -> Callable[[], contextlib.Abstra
 
     PostgreSQL: a transaction-level advisory lock (machines share it; a dead worker's
     connection releases it). Other storages: an exclusive file lock beside an SQLite file,
-    or under the workspace's ``.optuna/`` (processes of this machine only).
+    or under the workspace's ``.optuna/`` (processes of this machine only), one per storage.
     """
     key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
     engine = storage.engine
@@ -116,21 +116,25 @@ def study_lock(storage: RDBStorage, name: str) -> Callable[[], contextlib.Abstra
                 yield
 
         return advisory
+    # One lock file per storage, not per study (claims take milliseconds, and files per
+    # study would pile up): the one that guards the storage's schema.
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
-        path = Path(f"{database}.{name}.lock")
+        path = Path(f"{database}.lock")
     else:
-        path = workspace_root() / ".optuna" / f"{name}.lock"
+        path = workspace_root() / ".optuna" / "claims.lock"
     return lambda: file_lock(path)
 
 
 @contextlib.contextmanager
 def heartbeat(storage: RDBStorage, trial_id: int) -> Iterator[None]:
-    """Record the trial's heartbeat every HEARTBEAT_S while the block runs."""
+    """Record the trial's heartbeat every heartbeat interval of the storage while the block
+    runs."""
     stop = threading.Event()
+    interval = storage.get_heartbeat_interval() or HEARTBEAT_S
 
     def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
+        while not stop.wait(interval):
             storage.record_heartbeat(trial_id)
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)

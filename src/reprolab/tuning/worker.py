@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -37,6 +38,7 @@ from reprolab.learn.tasks import get_task
 from reprolab.tracking.runs import Tracker, flatten
 from reprolab.tuning.identity import study_inputs, study_name
 from reprolab.tuning.objective import make_objective
+from reprolab.tuning.pruners import make_pruner
 from reprolab.tuning.storage import HEARTBEAT_S, heartbeat, open_storage, storage_url, study_lock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -56,27 +58,6 @@ def sampler_seed(seed: int, model: str, index: int = 0) -> int:
     study draws its own candidates (reproducibly); ``index`` apart for parallel workers."""
     digest = hashlib.sha256(f"{seed}:{model}".encode()).digest()
     return (int.from_bytes(digest[:4], "big") + index) % 2**32
-
-
-def make_pruner(tune: TuneParams) -> optuna.pruners.BasePruner:
-    """``tune.pruner.kind``: median (stop a trial below the median of earlier ones at the
-    same epoch), or multi-fidelity: successive_halving / hyperband over 1..tune.epochs."""
-    pruner = tune.pruner
-    if pruner.kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=pruner.min_epochs,
-            max_resource=tune.epochs,
-            reduction_factor=pruner.reduction_factor,
-        )
-    if pruner.kind == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=pruner.min_epochs,
-            reduction_factor=pruner.reduction_factor,
-            min_early_stopping_rate=0,
-        )
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_steps
-    )
 
 
 def trial_sampler(seed: int, claimed: int, tune: TuneParams) -> optuna.samplers.TPESampler:
@@ -154,7 +135,27 @@ def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
             "study": name,
         },
     )
-    objective = make_objective(ctx, tracker, parent, tags)
+    return run_budget(study, storage, claim, seed, tune, make_objective(ctx, tracker, parent, tags))
+
+
+def run_budget(
+    study: optuna.Study,
+    storage: RDBStorage,
+    claim: Callable[[], contextlib.AbstractContextManager],
+    seed: int,
+    tune: TuneParams,
+    objective: Callable[[optuna.Trial], float],
+) -> int:
+    """Ask and run trials of ``study`` until ``tune.n_trials`` have finished, by this worker or
+    any other sharing ``claim``; return how many this one ran.
+
+    A RUNNING trial met at the start may be a killed worker's, whose retry must run before
+    any new trial for the study to go on as an uninterrupted one would: the worker first
+    waits until such a trial would be stale (the grace period, plus a second for SQLite's
+    one-second clock). A live worker's trial stays fresh and is left to it."""
+    if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+        interval = storage.heartbeat_interval or HEARTBEAT_S
+        time.sleep((storage.grace_period or 2 * interval) + 1)
     ran = 0
     while True:
         with claim():
@@ -174,7 +175,7 @@ def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
                 storage.record_heartbeat(trial._trial_id)
         if trial is None:
             # The budget is claimed by running trials; wait in case one's worker dies.
-            time.sleep(HEARTBEAT_S)
+            time.sleep(storage.heartbeat_interval or HEARTBEAT_S)
             continue
         run_trial(study, storage, trial, objective)
         ran += 1

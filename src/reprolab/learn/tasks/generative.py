@@ -121,7 +121,7 @@ def pixel_max(train_x: torch.Tensor) -> float:
 def gan_trial_fitter(ctx: GanContext) -> TrialFit:
     """An Optuna trial of the GAN: ``tune.epochs`` of fit_gan, worth its best validation
     Fréchet distance."""
-    train_x, val_x = ctx.load("train").x, ctx.load("val").x
+    train_x, val_x = ctx.trial_train().x, ctx.load("val").x
     scorer = ctx.scorer(val_x)
 
     def fit_trial(

@@ -28,7 +28,7 @@ class SupervisedTask(Task):
         self.loss = OBJECTIVES[name]
 
     def trial_fitter(self, ctx: ModelContext) -> TrialFit:
-        train, val = ctx.load("train"), ctx.load("val")
+        train, val = ctx.trial_train(), ctx.load("val")
 
         def fit_trial(
             lr: float, weight_decay: float, on_epoch: EpochCallback, desc: str
