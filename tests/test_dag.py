@@ -116,3 +116,34 @@ def test_a_stage_touches_one_kind_of_data_only(stages: dict) -> None:
             or any(d.startswith(f"data/splits/{kind}/") for d in s["deps"])
         }
         assert len(kinds) <= 1, f"{name} depends on {sorted(kinds)} data"
+
+
+def test_every_model_is_a_dvc_artifact_named_for_its_mlflow_model(tmp_path) -> None:
+    """dvc.yaml's `artifacts:` (DVC's model registry) lists exactly the models of params.yaml,
+    each pointing at its model.pt and naming its MLflow registered model."""
+    import shutil
+
+    import yaml
+    from dvc.repo import Repo
+
+    from reprolab.tracking.models import registered_name
+
+    for rel in ("dvc.yaml", "params.yaml", ".dvc/config"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, tmp_path / rel)
+    with Repo(str(tmp_path), config={"core": {"no_scm": True}}) as repo:
+        artifacts = repo.artifacts.read()["dvc.yaml"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    kinds = {"classifiers": "image", "regressors": "tabular", "generators": "image"}
+    expected = {
+        name: (group, registered_name(params["datasets"][kind], name))
+        for group, kind in kinds.items()
+        for name in params[group]
+    }
+    by_path = {a.path: a for a in artifacts.values()}
+    assert set(by_path) == {f"models/{name}/model.pt" for name in expected}
+    for name, (group, mlflow_name) in expected.items():
+        artifact = by_path[f"models/{name}/model.pt"]
+        assert artifact.type == "model" and artifact.desc
+        assert artifact.meta == {"mlflow_model": mlflow_name}
+        assert artifact.labels == [group.removesuffix("s"), mlflow_name.split("-")[0]]

@@ -62,6 +62,7 @@ def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> N
             f"models/{model}/model.json",
             f"metrics/{model}/train.json",
             f"plots/gan/{model}.tsv",
+            f"plots/fid/{model}.tsv",
             f"plots/trials/{model}.tsv",
             f"plots/samples/{model}.png",
         ):
@@ -95,6 +96,9 @@ def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> N
         else:
             # RMSLE on diabetes (targets 25..346): predicting the train mean scores ~0.4.
             assert 0.0 < test["rmsle"] < 1.5 and test["loss"] == test["rmsle"], test
+    headline = json.loads((repo / "reports/metrics.json").read_text())  # the DVC metrics
+    assert list(headline) == MODELS  # in params.yaml order
+    assert {k for v in headline.values() for k in v} == {"test_acc", "test_rmsle", "test_fid"}
     leaderboard = (repo / "reports/summary.md").read_text()
     baselines = ("logistic_regression", "rbf_svm", "ridge")
     assert all(f"| {m} |" in leaderboard for m in (*MODELS, *baselines))
@@ -268,3 +272,25 @@ def test_a_new_torch_pin_or_numerics_mode_reruns_what_it_computes(
     stale = json.loads(run(["dvc", "status", "--json"], repo).stdout)
     assert {"tune@mlp", "train@mlp", "evaluate@mlp"} <= set(stale)
     assert "split@image" not in stale
+
+
+def test_studies_explain_their_names_and_share_one_lock_file(pipeline: dict) -> None:
+    """Each study's user attrs are what its name's fingerprint hashes (optuna-dashboard shows
+    them), and the studies of the storage leave one lock file, not one each."""
+    import hashlib
+
+    import optuna
+
+    repo = pipeline["repo"]
+    storage = f"sqlite:///{repo / '.optuna/studies.db'}"
+    summaries = optuna.get_all_study_summaries(storage)
+    assert {s.study_name.split(".")[1] for s in summaries} >= set(MODELS)
+    for summary in summaries:
+        attrs = summary.user_attrs
+        assert {"seed", "tune", "train", "model", "data", "code"} <= set(attrs)
+        digest = hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
+        assert summary.study_name.endswith(f".{digest[:12]}")
+    assert sorted(p.name for p in (repo / ".optuna").iterdir()) == [
+        "studies.db",
+        "studies.db.lock",
+    ]

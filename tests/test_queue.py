@@ -3,11 +3,13 @@ the workspace's MLflow and Optuna stores: both land in `dvc exp show` and in MLf
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_repo, run, set_params
+from conftest import copy_repo, run, set_params, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +58,9 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
     for size in BATCH_SIZES:
         logs = run(["dvc", "queue", "logs", f"bs{size}"], repo)
         assert "database is locked" not in logs.stdout + logs.stderr
+        # A one-model change reruns that model's stages and the report, nothing else: the
+        # other stages are found up to date from the committed dvc.lock and the cache.
+        assert set(stages_run(logs.stdout)) == {"tune@mlp", "train@mlp", "evaluate@mlp", "report"}
 
     table = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout.splitlines()
     header = table[0].split(",")
@@ -63,7 +68,21 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
     rows = {r.split(",")[column["Experiment"]]: r.split(",") for r in table[1:]}
     for size in BATCH_SIZES:
         assert rows[f"bs{size}"][column["State"]] == "Success"
-        assert rows[f"bs{size}"][header.index("metrics/mlp/test.json:accuracy")]
+        assert rows[f"bs{size}"][header.index("mlp.test_acc")]
+    # The default table fits a 200-column terminal: every headline metric whole, numbers
+    # readable (DVC folds the params columns first).
+    shown = run(["dvc", "exp", "show", "--no-pager"], repo, COLUMNS="200").stdout
+    assert max(map(len, shown.splitlines())) <= 200
+    for column in ("mlp.test_acc", "lenet.test_acc", "tabular_mlp.test_rmsle", "dcgan.test_fid"):
+        assert column in shown, shown
+    row = next(line for line in shown.splitlines() if "bs32" in line)
+    assert re.search(r"0\.\d{3}", row), row  # the accuracy itself, not an ellipsis
+    # Plots compare the two experiments, one plot per model, titled by file, axes named.
+    plots = json.loads(run(["dvc", "plots", "diff", "bs32", "bs16", "--json"], repo).stdout)
+    curves = plots["data"]["plots/curves/mlp.tsv"][0]
+    assert set(curves["revisions"]) == {"bs32", "bs16"}
+    assert curves["content"]["title"]["text"] == "plots/curves/mlp.tsv"
+    assert "loss" in json.dumps(curves["content"]["layer"][0]["encoding"]["y"]["title"])
 
     experiment = client.get_experiment_by_name("reprolab-digits")
     parents = client.search_runs(

@@ -1,7 +1,7 @@
 """The errors a user can cause and fix: each says what was given and what to do.
 
 Every one derives from ``ReprolabError``, the one class the stages and the CLI catch to print
-a single line and exit 2; anything else is a bug and keeps its traceback.
+a single line and exit 1; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ def run_stage(
     kind_arg: bool = False,
     check_kind: bool = False,
 ) -> None:
-    """Parse args, validate params.yaml before any work, run ``body``; exit 2 on a known error."""
+    """Parse args, validate params.yaml before any work, run ``body``; on a known error,
+    one line and exit 1."""
     parser = argparse.ArgumentParser(description=description)
     if model_arg:
         parser.add_argument("model", help="a model of params.yaml (classifiers, regressors...)")

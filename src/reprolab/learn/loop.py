@@ -8,7 +8,7 @@ A loop (engine.fit for classifiers and regressors, gan.fit_gan for GANs) supplie
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +33,13 @@ def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def progress_bar(items: Iterable, *, desc: str, progress: bool | None = None) -> tqdm:
+    """A transient tqdm bar over ``items``. ``progress``: True always, False never, None
+    only on a terminal (tqdm's ``disable=None``: its stream, stderr, is a TTY), so a pipe,
+    a log file or CI gets no bar."""
+    return tqdm(items, desc=desc, leave=False, disable=None if progress is None else not progress)
+
+
 def run_epochs(
     model: nn.Module,
     epochs: int,
@@ -55,12 +62,7 @@ def run_epochs(
     result = FitResult(monitor=monitor)
     best_state = state_copy(model)
     since_best = 0
-    bar = tqdm(
-        range(1, epochs + 1),
-        desc=desc,
-        leave=False,
-        disable=None if progress is None else not progress,
-    )
+    bar = progress_bar(range(1, epochs + 1), desc=desc, progress=progress)
     for epoch in bar:
         row = {"epoch": epoch, **run_epoch(epoch)}
         broken = [f"{k} {v}" for k, v in row.items() if not math.isfinite(v)]

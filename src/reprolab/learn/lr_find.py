@@ -17,8 +17,12 @@ from torch import nn
 from reprolab.core.errors import ParamsError
 from reprolab.core.schema import ModelSpec
 from reprolab.learn.engine import make_optimizer
+from reprolab.learn.loop import progress_bar
 from reprolab.learn.objectives import OBJECTIVES
 from reprolab.learn.tensors import TensorData
+
+# Fewer smoothed points than this give no slope to pick the steepest descent from.
+MIN_STEPS = 3
 
 
 @dataclass
@@ -33,6 +37,15 @@ class RangeTest:
         return self.steepest / 10, max(self.minimum, self.steepest)
 
 
+def check_range(start_lr: float, end_lr: float, steps: int) -> None:
+    """Raise ParamsError, naming the values, unless 0 < start_lr < end_lr (finite) and
+    there are enough steps for a slope."""
+    if not (0 < start_lr < end_lr < math.inf):
+        raise ParamsError(f"lr-find: need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+    if steps < MIN_STEPS:
+        raise ParamsError(f"lr-find: need at least {MIN_STEPS} steps, got {steps}")
+
+
 def lr_range_test(
     model: nn.Module,
     train: TensorData,
@@ -45,9 +58,15 @@ def lr_range_test(
     task: str = "classification",
     smoothing: float = 0.9,
     diverge_factor: float = 4.0,
+    progress: bool | None = None,
 ) -> RangeTest:
-    if not 0 < start_lr < end_lr:
-        raise ParamsError(f"lr-find: need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+    """``progress``: show a bar of the steps (None: only on a terminal, as the epoch bar)."""
+    check_range(start_lr, end_lr, steps)
+    if task not in OBJECTIVES:
+        raise ParamsError(
+            f"lr-find: task {task!r} has no single training loss; "
+            f"the range test takes {' or '.join(OBJECTIVES)}"
+        )
     optimizer = make_optimizer(model, spec, lr=start_lr, weight_decay=0.0)
     scales = [g["lr"] / start_lr for g in optimizer.param_groups]  # keep per-group ratios
     growth = (end_lr / start_lr) ** (1 / max(1, steps - 1))
@@ -56,27 +75,29 @@ def lr_range_test(
     model.train()
     lrs, losses = [], []
     average, best = 0.0, math.inf
-    for step in range(steps):
-        lr = start_lr * growth**step
-        for group, scale in zip(optimizer.param_groups, scales, strict=True):
-            group["lr"] = lr * scale
-        start = (step * spec.batch_size) % max(1, len(train) - spec.batch_size + 1)
-        x, y = train.batch(order[start : start + spec.batch_size])
-        loss = OBJECTIVES[task].loss(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            break
-        average = smoothing * average + (1 - smoothing) * value
-        smoothed = average / (1 - smoothing ** (step + 1))  # bias-corrected
-        lrs.append(lr)
-        losses.append(smoothed)
-        best = min(best, smoothed)
-        if smoothed > diverge_factor * best:
-            break
-    if len(losses) < 3:
+    with progress_bar(range(steps), desc="lr-find", progress=progress) as bar:
+        for step in bar:
+            lr = start_lr * growth**step
+            for group, scale in zip(optimizer.param_groups, scales, strict=True):
+                group["lr"] = lr * scale
+            start = (step * spec.batch_size) % max(1, len(train) - spec.batch_size + 1)
+            x, y = train.batch(order[start : start + spec.batch_size])
+            loss = OBJECTIVES[task].loss(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                break
+            average = smoothing * average + (1 - smoothing) * value
+            smoothed = average / (1 - smoothing ** (step + 1))  # bias-corrected
+            lrs.append(lr)
+            losses.append(smoothed)
+            best = min(best, smoothed)
+            bar.set_postfix(lr=f"{lr:.2g}", loss=f"{smoothed:.4f}", refresh=False)
+            if smoothed > diverge_factor * best:
+                break
+    if len(losses) < MIN_STEPS:
         raise ParamsError(f"lr-find: the loss diverged within {len(losses)} steps; lower start_lr")
     minimum = lrs[losses.index(min(losses))]
     logs = [math.log10(lr) for lr in lrs]

@@ -57,13 +57,15 @@ def _gan_curves(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
     if params.task_of(model) != "generative":
         return False
     rows = read_table(inputs["gan"] / f"{model}.tsv")
+    distances = read_table(inputs["fid"] / f"{model}.tsv")
     epochs = [int(r["epoch"]) for r in rows]
     loss_ax, fid_ax = fig.subplots(1, 2)
     for key, label in (("loss_d", "discriminator"), ("loss_g", "generator")):
         loss_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=label)
     loss_ax.set(xlabel="epoch", ylabel="loss (BCE)", title=f"{model}: GAN losses")
     loss_ax.legend()
-    fid_ax.plot(epochs, [float(r["val_fid"]) for r in rows], marker="o", color="C2")
+    fid_epochs = [int(r["epoch"]) for r in distances]
+    fid_ax.plot(fid_epochs, [float(r["val_fid"]) for r in distances], marker="o", color="C2")
     fid_ax.set(xlabel="epoch", ylabel="Fréchet distance", title=f"{model}: validation distance")
     fid_ax.set_yscale("log")
     return True

@@ -163,6 +163,7 @@ def leaderboards(params: Params) -> tuple[list[tuple[Section, list[dict]]], dict
         "predictions": paths.PLOTS / "predictions",
         "confusion": paths.PLOTS / "confusion",
         "gan": paths.PLOTS / "gan",
+        "fid": paths.PLOTS / "fid",
         "samples": paths.PLOTS / "samples",
         "test": {m: _read(paths.METRICS / m / "test.json") for m in models},
         "classes": {m: specs[m].get("classes") for m in models},
@@ -170,6 +171,24 @@ def leaderboards(params: Params) -> tuple[list[tuple[Section, list[dict]]], dict
     with atomic_dir(paths.REPORTS / FIGURES_DIR) as folder:
         figures = draw_figures(params, models, inputs, folder)
     return boards, figures
+
+
+HEADLINE = {"accuracy": "test_acc", "rmsle": "test_rmsle", "fid": "test_fid"}
+
+
+def headline_metrics(params: Params, boards: list[tuple[Section, list[dict]]]) -> dict:
+    """reports/metrics.json, the pipeline's DVC metrics: one test number per network (its
+    section's headline: accuracy, RMSLE or Fréchet distance), so a default `dvc exp show`
+    or `dvc metrics diff` fits a terminal. Every other number stays in metrics/<model>/*.json
+    (`dvc metrics diff --targets metrics`)."""
+    headline = {}
+    for section, rows in boards:
+        metric = {"image": "accuracy", "tabular": "rmsle"}[section.kind]
+        metric = "fid" if section.group == "generators" else metric
+        for row in rows:
+            if row["arch"] != BASELINE_ARCH:
+                headline[row["model"]] = {HEADLINE[metric]: row["test"][metric]}
+    return {name: headline[name] for name in params.all_models()}  # params.yaml's order
 
 
 def trivial_score(section: Section) -> float | None:

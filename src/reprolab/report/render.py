@@ -6,12 +6,13 @@ from __future__ import annotations
 import html
 
 from reprolab.core import paths
-from reprolab.core.io import write_text, write_tsv
+from reprolab.core.io import write_json, write_text, write_tsv
 from reprolab.core.schema import Params
 from reprolab.report.leaderboard import (
     FIGURES_DIR,
     Section,
     champion_candidates,
+    headline_metrics,
     leaderboards,
     train_times,
 )
@@ -145,10 +146,12 @@ def render_html(
 
 
 def write_report(params: Params) -> list[tuple[Section, list[dict]]]:
-    """reports/summary.md, index.html and figures/ (DVC outputs); reports/train_times.tsv
+    """reports/summary.md, index.html, metrics.json and figures/ (DVC outputs);
+    reports/train_times.tsv
     (wall-clock, untracked). Returns the ranked rows of each section."""
     boards, figures = leaderboards(params)
     write_text(paths.REPORTS / "summary.md", render_markdown(params, boards, figures))
     write_text(paths.REPORTS / "index.html", render_html(params, boards, figures))
+    write_json(paths.REPORTS / "metrics.json", headline_metrics(params, boards))
     write_tsv(paths.REPORTS / "train_times.tsv", train_times(params))
     return boards

@@ -26,9 +26,9 @@ def download_extra_files(uri: str, names: Iterable[str], dest: Path) -> None:
     before they were) raises CheckpointError saying so."""
     import mlflow
 
-    from reprolab.tracking.runs import tracking_uri
+    from reprolab.tracking.runs import open_store
 
-    mlflow.set_tracking_uri(tracking_uri())
+    open_store()  # a moved workspace's versions read from its own mlartifacts/
     try:
         info = mlflow.models.get_model_info(uri)  # the MLmodel file alone
     except Exception as err:  # MlflowException, OSError: unknown name, alias or path

@@ -15,9 +15,12 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from reprolab.core.paths import MODEL_FILE, SPEC_FILE, workspace_root
-from reprolab.tracking.runs import Tracker, tracking_uri, verifying
+from reprolab.tracking.runs import Tracker, open_store, store_lock, verifying
 
 CHAMPION = "champion"
+# On a parent run: the registered version (``models:/<name>/<version>``) its weights are,
+# whether this run registered it or an earlier run with the same weights did.
+VERSION_TAG = "reprolab.model_version"
 
 
 def registered_name(dataset: str, model: str) -> str:
@@ -47,12 +50,13 @@ def log_final_model(
     served model logged with signature and registered as ``<dataset>-<model>``, its version
     tagged with git sha, data md5s, params hash, device and the weights' md5.
 
+    Weights the registry already holds (a version of that name tagged with the same
+    ``weights_md5``: a rerun that trained the same model) are neither logged nor registered
+    again; the run is tagged with that version (``reprolab.model_version``, as a new one is).
+
     ``folder`` (the DVC model folder): its model.pt + model.json travel with the logged model
     as ``extra_files/``, so `reprolab predict` rebuilds the network from them (weights_only)
     and never loads the served flavour, which `mlflow models serve` unpickles."""
-    import torch
-    from mlflow.models import infer_signature
-
     tracker = Tracker(ctx.dataset, ctx.name, best["study"])
     parent = tracker.parent_run_id(tags)
     for row in history:
@@ -62,15 +66,45 @@ def log_final_model(
             step=int(row["epoch"]),
         )
     tracker.log(parent, metrics=logged)
+    if verifying():  # logged for comparison, never registered (the registry is the workspace's)
+        _log_model(parent, served, example, None, about, params, folder)
+        return
+    name = registered_name(ctx.dataset, ctx.name)
+    # Looked up and registered under the store's lock, so that two runs training the same
+    # weights at once (queued experiments) register one version between them.
+    with store_lock():
+        version = registered_version(tracker.client, name, weights_md5)
+        if version is None:
+            info = _log_model(parent, served, example, name, about, params, folder)
+            version = str(info.registered_model_version)
+            all_tags = {
+                "git_sha": tags.get("reprolab.git_sha", "unknown"),
+                "data_md5": ",".join(f"{k}={v}" for k, v in tags.items() if "data_md5" in k),
+                "params_hash": params_hash({"model": ctx.spec.model_dump(mode="json"), **best}),
+                "device": ctx.device.type,
+                "weights_md5": weights_md5,
+                **(version_tags or {}),
+            }
+            for key, value in all_tags.items():
+                tracker.client.set_model_version_tag(name, version, key, value)
+    tracker.set_tags(parent, {VERSION_TAG: f"models:/{name}/{version}"})
+
+
+def _log_model(parent, served, example, name, about, params, folder):
+    """The served model on the parent run, with its signature; registered as ``name``
+    (None: not registered)."""
+    import torch
+    from mlflow.models import infer_signature
+
     with torch.no_grad():
         output = served(torch.from_numpy(example)).numpy()
     with mlflow.start_run(run_id=parent):
-        info = mlflow.pytorch.log_model(
+        return mlflow.pytorch.log_model(
             served,
             name="model",
             signature=infer_signature(example, output),
             input_example=example,
-            registered_model_name=None if verifying() else registered_name(ctx.dataset, ctx.name),
+            registered_model_name=name,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             params=params,
             metadata=about,
@@ -78,19 +112,16 @@ def log_final_model(
             if folder is None
             else [str(folder / MODEL_FILE), str(folder / SPEC_FILE)],
         )
-    version = info.registered_model_version
-    if version is not None:
-        name = registered_name(ctx.dataset, ctx.name)
-        all_tags = {
-            "git_sha": tags.get("reprolab.git_sha", "unknown"),
-            "data_md5": ",".join(f"{k}={v}" for k, v in tags.items() if "data_md5" in k),
-            "params_hash": params_hash({"model": ctx.spec.model_dump(mode="json"), **best}),
-            "device": ctx.device.type,
-            "weights_md5": weights_md5,
-            **(version_tags or {}),
-        }
-        for key, value in all_tags.items():
-            tracker.client.set_model_version_tag(name, str(version), key, value)
+
+
+def registered_version(client: MlflowClient, name: str, weights_md5: str) -> str | None:
+    """The newest version of ``name`` tagged with ``weights_md5``; None if there is none."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:  # not registered yet
+        return None
+    matching = [int(v.version) for v in versions if v.tags.get("weights_md5") == weights_md5]
+    return str(max(matching)) if matching else None
 
 
 def champion_refused() -> str | None:
@@ -113,18 +144,13 @@ def promote_champion(
     Returns the version's ``models:/`` URI, or None when the store holds no such version
     (a fresh clone whose MLflow store never saw that training run).
     """
-    mlflow.set_tracking_uri(tracking_uri())
+    open_store()
     client = MlflowClient()
     name = registered_name(dataset, best)
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except mlflow.exceptions.MlflowException:
+    version = registered_version(client, name, weights_md5)
+    if version is None:
         return None
-    matching = [v for v in versions if v.tags.get("weights_md5") == weights_md5]
-    if not matching:
-        return None
-    version = max(matching, key=lambda v: int(v.version))
-    client.set_registered_model_alias(name, CHAMPION, version.version)
+    client.set_registered_model_alias(name, CHAMPION, version)
     for other in models:
         other_name = registered_name(dataset, other)
         if other_name == name:
@@ -132,4 +158,4 @@ def promote_champion(
         # Not registered, or without the alias: nothing to take off.
         with contextlib.suppress(mlflow.exceptions.MlflowException):
             client.delete_registered_model_alias(other_name, CHAMPION)
-    return f"models:/{name}/{version.version}"
+    return f"models:/{name}/{version}"

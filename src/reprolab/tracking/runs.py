@@ -25,7 +25,8 @@ from reprolab.core.io import file_lock, md5_file
 from reprolab.core.paths import workspace_root
 from reprolab.core.schema import Params
 from reprolab.core.stage import FAILURE_HOOKS, STORE_FAULTS
-from reprolab.tracking.lineage import MD5_TAG, PATH_TAG, log_code_diff, log_inputs
+from reprolab.tracking.lineage import MD5_TAG, PATH_TAG, code_diff, log_code_diff, log_inputs
+from reprolab.tracking.store import artifact_root, repair_moved_store
 
 TAG_MODEL = "reprolab.model"
 TAG_STUDY = "reprolab.study"
@@ -50,7 +51,17 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root() / 'mlflow.db'}"
 
 
-def _store_lock() -> contextlib.AbstractContextManager:
+def open_store() -> str:
+    """Point MLflow at ``tracking_uri()``; a SQLite store copied or moved with its workspace
+    is first repaired to keep its artifacts beside it (store.repair_moved_store)."""
+    uri = tracking_uri()
+    repair_moved_store(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def store_lock() -> contextlib.AbstractContextManager:
+    """Between this machine's processes using the SQLite store (a no-op for other stores)."""
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         return file_lock(uri.removeprefix("sqlite:///") + ".lock")
@@ -67,15 +78,30 @@ def git_sha() -> str:
     return out.stdout.strip()
 
 
+def parent_run_name(model: str, study: str, tags: Mapping[str, str]) -> str:
+    """The name the MLflow UI shows for a model's parent run, so reruns and experiments tell
+    apart: ``<model>@<experiment>`` under `dvc exp run` (DVC sets DVC_EXP_NAME, also for temp
+    and queued runs), else ``<model>@<short commit>``, with ``-dirty`` when code or config
+    differ from it (lineage.code_diff, read once per process anyway), else outside git
+    ``<model>@<study fingerprint>``. It lives in MLflow only, never in a DVC output."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    if experiment:
+        return f"{model}@{experiment}"
+    sha = tags.get("reprolab.git_sha") or git_sha()
+    if sha == "unknown":
+        return f"{model}@{study.rsplit('.', 1)[-1][:12]}"
+    return f"{model}@{sha[:7]}" + ("-dirty" if code_diff() else "")
+
+
 class Tracker:
     """The MLflow side of one model in one stage."""
 
     def __init__(self, dataset: str, model: str, study: str) -> None:
-        mlflow.set_tracking_uri(tracking_uri())
         self.dataset, self.model, self.study = dataset, model, study
         # Processes that open a new SQLite store together race to create its tables
         # ("table ... already exists"): parallel tune workers, queued experiments.
-        with _store_lock():
+        with store_lock():
+            self.uri = open_store()
             self.client = MlflowClient()
             self.experiment_id = self._experiment(experiment_name(dataset))
 
@@ -83,9 +109,7 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        # An explicit absolute artifact root: SQLite stores otherwise default to a
-        # cwd-relative ./mlartifacts, which a temp experiment run would lose.
-        location = (workspace_root() / "mlartifacts" / name).as_uri()
+        location = (artifact_root(self.uri) / name).as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
@@ -104,7 +128,7 @@ class Tracker:
         else:
             run = self.client.create_run(
                 self.experiment_id,
-                run_name=self.model,
+                run_name=parent_run_name(self.model, self.study, tags),
                 tags={TAG_MODEL: self.model, TAG_STUDY: self.study, TAG_ROLE: "model"},
             )
             run_id = run.info.run_id
@@ -200,7 +224,7 @@ def _parent_query(model: str, study: str) -> str:
 
 def logged_metrics(dataset: str, model: str, study: str) -> dict[str, float]:
     """The metrics of a model's parent run; empty when this store never saw that run."""
-    mlflow.set_tracking_uri(tracking_uri())
+    open_store()
     client = MlflowClient()
     experiment = client.get_experiment_by_name(experiment_name(dataset))
     if experiment is None:

@@ -179,11 +179,20 @@ def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
         "latent": model.latent,
     }
     weights_md5 = save_model(model, ctx.arch_spec, paths.model_dir(ctx.name), about)
-    write_tsv(paths.PLOTS / "gan" / f"{ctx.name}.tsv", result.history)
+    # Losses (about 1) and the validation distance (hundreds) in plots of their own.
+    fid = [{"epoch": r["epoch"], "val_fid": r["val_fid"]} for r in result.history]
+    write_tsv(
+        paths.PLOTS / "gan" / f"{ctx.name}.tsv", [_without(r, "val_fid") for r in result.history]
+    )
+    write_tsv(paths.PLOTS / "fid" / f"{ctx.name}.tsv", fid)
     metrics = {"val": val_metrics, "train": run_record}
     write_json(paths.METRICS / ctx.name / "train.json", metrics)
     _log_generator(ctx, model, best, tags, result.history, about, weights_md5, train_seconds)
     return metrics
+
+
+def _without(row: dict, key: str) -> dict:
+    return {k: v for k, v in row.items() if k != key}
 
 
 def _log_generator(ctx, model, best, tags, history, about, weights_md5, train_seconds):

@@ -1,0 +1,217 @@
+"""The `reprolab` command itself: --version, the help of every subcommand, and the progress
+bars, drawn on a terminal (a real pseudo-terminal) and never into a pipe."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import inspect
+import os
+import re
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+import time
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from conftest import REPO, clean_env, run
+
+from reprolab import cli
+from reprolab.core import paths
+from reprolab.data.fetch import fetch_dataset, load_raw
+from reprolab.data.split import write_splits
+
+# A tqdm bar as it draws itself: "epochs:  33%|███▎      | 1/3 [00:00<00:00, ...]".
+BAR = re.compile(rb"\d+%\|.*\| *\d+/\d+ \[")
+# The epoch bar of a tiny real training, through the same API as tests/test_engine.py.
+TINY_FIT = """
+import torch
+from reprolab.core.schema import ModelSpec, TrainParams
+from reprolab.learn.engine import fit, make_optimizer
+from reprolab.learn.tensors import TensorData
+from reprolab.models._base import ModelSpec as ArchSpec
+from reprolab.models._base import build_model
+
+g = torch.Generator().manual_seed(0)
+def blobs(n):
+    y = torch.randint(0, 3, (n,), generator=g)
+    return TensorData(x=torch.randn(n, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1), y=y)
+
+torch.manual_seed(0)
+model = build_model(ArchSpec("mlp", {"hidden": [16]}, (1, 8, 8), 3, [0.0], [1.0]))
+opt = make_optimizer(model, ModelSpec(arch="mlp"), lr=0.01, weight_decay=0.0)
+params = TrainParams(max_epochs=3, patience=3)
+result = fit(model, blobs(64), blobs(32), optimizer=opt, train_params=params, epochs=3,
+             batch_size=16, seed=0)
+print(f"trained {len(result.history)} epochs")
+"""
+
+
+def child_env() -> dict[str, str]:
+    """The checkout's own code, and no TQDM_* settings (tqdm reads TQDM_DISABLE and co.)."""
+    env = {k: v for k, v in clean_env().items() if not k.startswith("TQDM_")}
+    return {**env, "PYTHONPATH": str(REPO / "src")}
+
+
+def run_in_terminal(cmd: list[str], cwd: Path, timeout: float = 60) -> tuple[int, bytes]:
+    """Run ``cmd`` with stdin, stdout and stderr a pseudo-terminal of 100 columns; return
+    its exit status and everything it wrote to the terminal."""
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=child_env(),
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+    )
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([leader], [], [], 1)[0]:
+                continue
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the child exited and closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        else:
+            proc.kill()
+            raise AssertionError(f"{cmd} ran past {timeout}s:\n{b''.join(chunks)[-2000:]!r}")
+        return proc.wait(timeout=timeout), b"".join(chunks)
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def run_in_pipes(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with stdout and stderr pipes, as CI or `... 2>&1 | tee log` does."""
+    return subprocess.run(
+        cmd, cwd=cwd, env=child_env(), capture_output=True, stdin=subprocess.DEVNULL, timeout=60
+    )
+
+
+def test_version_prints_the_package_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"reprolab {cli.package_version()}\n"
+
+
+def test_version_without_package_metadata_reads_pyproject(monkeypatch) -> None:
+    def missing(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert cli.package_version() == pyproject["project"]["version"]
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[str, argparse.ArgumentParser]]:
+    """name -> (its line in `reprolab --help`, its own parser)."""
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    lines = {choice.dest: choice.help for choice in action._choices_actions}
+    return {name: (lines.get(name) or "", sub) for name, sub in action.choices.items()}
+
+
+def help_text(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # wrapping aside
+
+
+def test_every_subcommand_has_a_line_a_description_and_shows_defaults(capsys) -> None:
+    commands = subcommands(cli.build_parser())
+    assert {"check", "lr-find", "preset", "tune-worker", "predict", "verify"} <= set(commands)
+    top = help_text(["--help"], capsys)
+    texts = [top]
+    for name, (line, sub) in commands.items():
+        assert line and "\n" not in line and len(line) <= 90, f"{name}: {line!r}"
+        assert line in top, f"{name}'s line is not in `reprolab --help`"
+        own = help_text([name, "--help"], capsys)
+        description = " ".join(inspect.cleandoc(sub.description or "").split())
+        assert description.startswith(line), f"{name} --help has no description"
+        assert description in own
+        for action in sub._actions:
+            if not action.option_strings or action.required:
+                continue
+            if action.default not in (None, argparse.SUPPRESS):
+                assert f"(default: {action.default})" in own, f"{name} {action.dest}"
+        texts.append(own)
+    # params.yaml has no `models:` key (the groups are classifiers/regressors/generators);
+    # an MLflow URI (models:/name@alias) is no such key.
+    wrong = [t for t in texts if re.search(r"(?<![\w/])models:(?!/)", t)]
+    assert not wrong, wrong
+
+
+def test_lr_find_default_out_is_ignored_by_git_and_dvc() -> None:
+    out = cli.build_parser().parse_args(["lr-find", "mlp"]).out
+    probe = f"{out}/mlp.png"
+    run(["git", "check-ignore", "-q", probe], REPO)
+    run(["dvc", "check-ignore", "-q", probe], REPO)
+
+
+def test_epoch_bar_is_drawn_on_a_terminal() -> None:
+    code, shown = run_in_terminal([sys.executable, "-c", TINY_FIT], REPO)
+    assert code == 0, shown[-2000:]
+    assert b"trained 3 epochs" in shown
+    assert re.search(rb"epochs: +" + BAR.pattern, shown), shown[-2000:]
+
+
+def test_epoch_bar_stays_out_of_pipes() -> None:
+    result = run_in_pipes([sys.executable, "-c", TINY_FIT], REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == b"trained 3 epochs"
+    assert not BAR.search(result.stdout + result.stderr), result.stderr[-2000:]
+    assert b"epochs:" not in result.stderr
+
+
+@pytest.fixture
+def digits_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    fetch_dataset("digits", paths.RAW / "digits")
+    raw = load_raw("digits", paths.RAW / "digits")
+    write_splits(raw, paths.splits_dir("image"), 0.15, 0.15, seed=0)
+    return tmp_path
+
+
+def test_lr_find_draws_its_bar_on_a_terminal(digits_split: Path) -> None:
+    """The real command in a new process: its numerics mode is set before torch loads, and
+    the range test's steps show as a bar."""
+    cmd = [sys.executable, "-m", "reprolab.cli", "lr-find", "mlp", "--steps", "8"]
+    code, shown = run_in_terminal(cmd, digits_split)
+    assert code == 0, shown[-2000:]
+    assert re.search(rb"lr-find: +" + BAR.pattern, shown), shown[-2000:]
+    assert b"bound the search: dvc exp run -S tune.lr.low=" in shown
+    assert (digits_split / "reports" / "lr_find" / "mlp.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["nosuch"], "nosuch"),
+        (["dcgan"], "dcgan"),
+        (["mlp", "--steps", "2"], "got 2"),
+        (["mlp", "--start-lr", "1", "--end-lr", "0.1"], "got 1.0 and 0.1"),
+    ],
+)
+def test_lr_find_bad_input_is_one_line_naming_it(digits_split: Path, argv, named) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["lr-find", *argv])
+    message = str(exit_.value.code)
+    assert message.startswith("error: ") and "\n" not in message and named in message

@@ -1,0 +1,192 @@
+"""MLflow tracking on a real SQLite store: a copied or moved workspace logs into its own
+mlartifacts/ (a temp experiment, pointed at the workspace's store, keeps the workspace's);
+a rerun with the same weights reuses their registered version; parent runs are named after
+the DVC experiment or the commit."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from reprolab.tracking.lineage import code_diff
+from reprolab.tracking.models import VERSION_TAG, log_final_model, promote_champion
+from reprolab.tracking.runs import Tracker, experiment_name
+from reprolab.tracking.store import repair_moved_store
+
+NAME = "toy-mlp"  # registered_name("toy", "mlp")
+
+
+def _workspace(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Work in ``folder`` (a DVC workspace root) with its own store, as a stage there does."""
+    (folder / ".dvc").mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    return folder
+
+
+def _log(seed: int, study: str = "s1") -> str:
+    """Train nothing: a seeded tiny network logged the pipeline's way; returns its md5."""
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 2).eval()
+    md5 = hashlib.md5(b"".join(p.detach().numpy().tobytes() for p in model.parameters()))
+    ctx = SimpleNamespace(
+        dataset="toy",
+        name="mlp",
+        device=torch.device("cpu"),
+        spec=SimpleNamespace(model_dump=lambda mode: {"arch": "mlp"}),
+    )
+    log_final_model(
+        ctx,
+        {"study": study},
+        {"reprolab.git_sha": "0" * 40},
+        history=[{"epoch": 1, "val_accuracy": 0.5}],
+        logged={"val_accuracy": 0.5 + seed / 100},
+        served=model,
+        example=np.ones((2, 4), np.float32),
+        about={"task": "classification"},
+        weights_md5=md5.hexdigest(),
+    )
+    return md5.hexdigest()
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def _experiment_id(client: MlflowClient) -> str:
+    return client.get_experiment_by_name(experiment_name("toy")).experiment_id
+
+
+def _storage(version: str) -> str:
+    """Where the registry reads the version's files from."""
+    return MlflowClient().get_model_version_download_uri(NAME, version)
+
+
+def test_a_copied_workspace_logs_into_its_own_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _workspace(tmp_path / "a", monkeypatch)
+    _log(seed=1)
+    assert _storage("1").startswith((first / "mlartifacts").as_uri() + "/")
+    copy = tmp_path / "b"
+    shutil.copytree(first, copy)  # `cp -r a b`: the store and its artifacts along
+    before = _files(first)
+    db = (first / "mlflow.db").read_bytes()
+
+    _workspace(copy, monkeypatch)
+    _log(seed=2)
+    client = MlflowClient()
+    assert client.get_experiment_by_name(experiment_name("toy")).artifact_location.startswith(
+        (copy / "mlartifacts").as_uri() + "/"
+    )
+    for version in ("1", "2"):  # the new version, and the one whose files came along
+        location = _storage(version)
+        assert location.startswith((copy / "mlartifacts").as_uri() + "/"), location
+    new = _files(copy / "mlartifacts") - {
+        p.removeprefix("mlartifacts/") for p in before if p.startswith("mlartifacts/")
+    }
+    assert any(p.endswith("MLmodel") for p in new), new
+    assert _files(first) == before and (first / "mlflow.db").read_bytes() == db
+
+    shutil.rmtree(first)  # as after `mv a b`: every version reads from b alone
+    for version in ("1", "2"):
+        assert mlflow.models.get_model_info(f"models:/{NAME}/{version}").signature is not None
+
+
+def test_a_store_named_from_another_folder_keeps_its_artifact_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `dvc exp run --temp` (or `reprolab verify`) does: the stage runs in a copy of the
+    workspace, pointed at the workspace's store: artifacts go beside that store."""
+    workspace = _workspace(tmp_path / "a", monkeypatch)
+    _log(seed=1)
+    temp = workspace / ".dvc" / "tmp" / "exps" / "tmp1234"
+    _workspace(temp, monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
+    _log(seed=2)
+    fresh = Tracker("other", "mlp", "s1")  # an experiment first created from the copy
+    client = MlflowClient()
+    root = (workspace / "mlartifacts").as_uri() + "/"
+    assert client.get_experiment(fresh.experiment_id).artifact_location.startswith(root)
+    assert client.get_experiment_by_name(experiment_name("toy")).artifact_location.startswith(root)
+    assert _storage("1").startswith(root) and _storage("2").startswith(root)
+    assert not (temp / "mlartifacts").exists()
+
+
+def test_a_store_copied_without_its_artifacts_keeps_reading_them_where_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only mlflow.db copied: new runs log beside the copy, an old run's files stay readable
+    in the folder they never left; a server's URI is never repaired."""
+    first = _workspace(tmp_path / "a", monkeypatch)
+    tracker = Tracker("toy", "mlp", "s1")
+    old = tracker.parent_run_id({})
+    tracker.client.log_text(old, "old", "notes/old.txt")
+    copy = tmp_path / "b"
+    (copy / ".dvc").mkdir(parents=True)
+    shutil.copy2(first / "mlflow.db", copy / "mlflow.db")
+
+    _workspace(copy, monkeypatch)
+    tracker = Tracker("toy", "mlp", "s2")
+    new = tracker.parent_run_id({})
+    tracker.client.log_text(new, "new", "notes/new.txt")
+    client = MlflowClient()
+    assert client.get_run(old).info.artifact_uri.startswith(first.as_uri() + "/")
+    assert client.get_run(new).info.artifact_uri.startswith(copy.as_uri() + "/mlartifacts/")
+    assert client.download_artifacts(old, "notes/old.txt", str(tmp_path))
+    assert not any(p.endswith("new.txt") for p in _files(first))
+    assert any(p.endswith("notes/new.txt") for p in _files(copy / "mlartifacts"))
+    assert repair_moved_store("http://127.0.0.1:5000") == []
+    assert repair_moved_store(f"sqlite:///{copy / 'mlflow.db'}") == []  # done once
+
+
+def test_the_same_weights_map_to_one_registered_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _workspace(tmp_path, monkeypatch)
+    same = _log(seed=1, study="s1")
+    assert _log(seed=1, study="s2") == same  # a rerun (a new study) training the same weights
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{NAME}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    parents = client.search_runs([_experiment_id(client)])
+    runs = {r.data.tags["reprolab.study"]: r for r in parents}
+    for study in ("s1", "s2"):  # both runs logged their metrics and name the one version
+        assert runs[study].data.tags[VERSION_TAG] == f"models:/{NAME}/1"
+        assert runs[study].data.metrics["val_accuracy"] == pytest.approx(0.51)
+
+    other = _log(seed=2, study="s3")
+    assert other != same
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
+    assert promote_champion("toy", "mlp", same, ["mlp"]) == f"models:/{NAME}/1"
+    assert client.get_model_version_by_alias(NAME, "champion").tags["weights_md5"] == same
+    assert promote_champion("toy", "mlp", other, ["mlp"]) == f"models:/{NAME}/2"
+
+
+def test_parent_runs_are_named_after_the_dvc_experiment_or_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _workspace(tmp_path, monkeypatch)
+    code_diff.cache_clear()  # read once per process: here outside git, no diff
+    tracker = Tracker("toy", "mlp", "toy.mlp.0123456789ab")
+    client = MlflowClient()
+    plain = tracker.parent_run_id({"reprolab.git_sha": "abcdef0123456789" * 2 + "abcdef01"})
+    assert client.get_run(plain).info.run_name == "mlp@abcdef0"
+
+    monkeypatch.setenv("DVC_EXP_NAME", "bold-pump")
+    run_id = Tracker("toy", "mlp", "toy.mlp.ba9876543210").parent_run_id({})
+    assert client.get_run(run_id).info.run_name == "mlp@bold-pump"
+
+    monkeypatch.delenv("DVC_EXP_NAME")
+    outside_git = Tracker("toy", "mlp", "toy.mlp.fedcba987654").parent_run_id({})
+    assert client.get_run(outside_git).info.run_name == "mlp@fedcba987654"
