@@ -86,7 +86,8 @@ from reprolab.core.stage import run_stage
 def body(params, args):
     if os.environ["STORE"] == "mlflow":
         from reprolab.tracking.runs import Tracker
-        Tracker("digits", "mlp", "study").parent_run_id({})
+        tracker = Tracker("digits", "mlp", "study")
+        tracker.log(tracker.parent_run_id({}), metrics={"written": 1.0})
     else:
         import optuna
         from reprolab.tuning.storage import open_storage
@@ -100,28 +101,34 @@ run_stage("a stage", body)
 
 @pytest.fixture
 def read_only(tmp_path: Path):
-    """A folder made read-only by a real read-only bind mount (root with mount rights)."""
+    """Seals a folder or a file by a real read-only bind mount (root with mount rights; a
+    chmod does not stop root)."""
     folder = tmp_path / "stores"
     folder.mkdir()
+    sealed: list[Path] = []
 
     def mount(*args: str) -> bool:
         return subprocess.run(["mount", *args], capture_output=True).returncode == 0
 
-    def seal() -> None:
+    def seal(target: Path) -> None:
         if not (
-            mount("--bind", str(folder), str(folder))
-            and mount("-o", "remount,bind,ro", str(folder))
+            mount("--bind", str(target), str(target))
+            and mount("-o", "remount,bind,ro", str(target))
         ):
             pytest.skip("a read-only bind mount needs root with mount rights")
+        sealed.append(target)
 
     yield folder, seal
-    subprocess.run(["umount", str(folder)], capture_output=True)
+    for target in sealed:
+        subprocess.run(["umount", str(target)], capture_output=True)
 
 
+@pytest.mark.parametrize("sealed", ["folder", "database file"])
 @pytest.mark.parametrize("store", ["mlflow", "optuna"])
 def test_a_read_only_store_is_one_line_naming_what_to_fix(
-    store: str, read_only, tmp_path: Path
+    store: str, sealed: str, read_only, tmp_path: Path
 ) -> None:
+    """The store's folder read-only, or only its database file (in a writable folder)."""
     folder, seal = read_only
     (tmp_path / "params.yaml").write_text("classifiers: {mlp: {arch: mlp}}\n")
     (tmp_path / ".dvc").mkdir()
@@ -138,12 +145,17 @@ def test_a_read_only_store_is_one_line_naming_what_to_fix(
         import optuna
 
         optuna.create_study(study_name="other", storage=url)
-    seal()
+    database = folder / ("mlflow.db" if store == "mlflow" else "studies.db")
+    seal(folder if sealed == "folder" else database)
     result = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: {folder}/") and "Read-only file system" in last, last
+    if sealed == "folder":
+        assert last.startswith(f"error: {folder}/") and "Read-only file system" in last, last
+    else:  # SQLite opens the file read-only; its first write is refused
+        assert last.startswith("error: ") and "readonly database" in last, last
+        assert ("MLflow" if store == "mlflow" else "Optuna") in last, last
 
 
 def test_an_unreachable_study_server_is_one_line_naming_what_to_fix(tmp_path: Path) -> None:

@@ -55,8 +55,7 @@ def run_stage(
         sys.exit(f"{parser.prog}: interrupted; no output was replaced (writes are atomic)")
     except BaseException as err:
         advice = next((a for kind, a in STORE_FAULTS if isinstance(err, kind)), None)
-        lines = str(err).strip().splitlines() or [""]
-        message = f"{type(err).__name__}: {lines[0][:300]}"
+        message = f"{type(err).__name__}: {_root_cause(err)[:300]}"
         _failed("FAILED", message if advice else f"{type(err).__name__}: {err}")
         if advice is None:
             raise  # a bug: keep its traceback
@@ -75,12 +74,25 @@ STORE_FAULTS: list[tuple[type[BaseException], str]] = []
 FAILURE_HOOKS: list[Callable[[str, str], None]] = []
 
 
+def _root_cause(err: BaseException) -> str:
+    """The first line of the innermost error a store's exception wraps (MLflow and
+    SQLAlchemy put their own notes first: "(raised as a result of Query-invoked autoflush"),
+    e.g. "attempt to write a readonly database"."""
+    while err.__cause__ is not None or (err.__context__ and not err.__suppress_context__):
+        err = err.__cause__ or err.__context__
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def _failed(status: str, reason: str) -> None:
     for hook in FAILURE_HOOKS:
         try:
             hook(status, reason)
         except Exception as err:  # a store that is itself the fault must not hide the error
-            print(f"warning: could not record the failure in MLflow: {err}", file=sys.stderr)
+            print(
+                f"warning: could not record the failure in MLflow: {_root_cause(err)}",
+                file=sys.stderr,
+            )
 
 
 def _set_numerics(params: Params) -> None:

@@ -8,6 +8,7 @@ processes) all log into it without any run id in a DVC-tracked file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import time
@@ -206,6 +207,9 @@ def end_open_runs(status: str, reason: str) -> None:
 
 
 FAILURE_HOOKS.append(end_open_runs)
+# MLflow's SQL store logs a database error with its whole traceback before raising it as an
+# MlflowException, which the stage reports in one line (its root cause and what to fix).
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 STORE_FAULTS.append(
     (
         mlflow.exceptions.MlflowException,

@@ -34,13 +34,13 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 # under the claim lock.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 HEARTBEAT_S = 5
-STORE_FAULTS.append(
-    (
-        sqlalchemy.exc.SQLAlchemyError,
-        "the Optuna storage (REPROLAB_OPTUNA_STORAGE, tune.storage, else .optuna/studies.db in "
-        "the workspace) must be reachable and writable",
-    )
+_STORAGE_ADVICE = (
+    "the Optuna storage (REPROLAB_OPTUNA_STORAGE, tune.storage, else .optuna/studies.db in "
+    "the workspace) must be reachable and writable"
 )
+# A refused write (a read-only database file) surfaces as Optuna's StorageInternalError.
+STORE_FAULTS.append((sqlalchemy.exc.SQLAlchemyError, _STORAGE_ADVICE))
+STORE_FAULTS.append((optuna.exceptions.StorageInternalError, _STORAGE_ADVICE))
 
 
 def storage_url(configured: str | None = None) -> str:
