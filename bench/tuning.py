@@ -115,7 +115,8 @@ def run_study(ctx: ModelContext, db: Path) -> list[dict]:
     storage = RDBStorage(f"sqlite:///{db}")
     seed = sampler_seed(ctx.params.seed, ctx.name)
     study = open_study(ctx.name, seed, tune, storage)
-    run_budget(study, storage, lambda: file_lock(f"{db}.lock"), seed, tune, objective)
+    claim = lambda: file_lock(f"{db}.lock")  # noqa: E731
+    run_budget(study, storage, claim, seed, tune, objective, in_order=True)
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         values = t.intermediate_values

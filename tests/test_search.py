@@ -65,11 +65,12 @@ def tune(kind: str = "median", n_trials: int = 8, startup: int = 3) -> TuneParam
 
 
 def search(db: Path, model: str, params: TuneParams, die_in_trial: int | None = None) -> int:
+    """The study's only worker (in order), as the tune stage with ``tune.workers: 1``."""
     storage = storage_at(db)
     seed = sampler_seed(42, model)
     study = open_study(f"study-{model}", seed, params, storage)
     claim = lambda: file_lock(db.with_suffix(".lock"))  # noqa: E731
-    return run_budget(study, storage, claim, seed, params, objective(die_in_trial))
+    return run_budget(study, storage, claim, seed, params, objective(die_in_trial), in_order=True)
 
 
 def finished(db: Path, model: str) -> list[tuple]:

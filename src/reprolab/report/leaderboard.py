@@ -188,7 +188,7 @@ def headline_metrics(params: Params, boards: list[tuple[Section, list[dict]]]) -
         for row in rows:
             if row["arch"] != BASELINE_ARCH:
                 headline[row["model"]] = {HEADLINE[metric]: row["test"][metric]}
-    return {name: headline[name] for name in params.all_models()}  # params.yaml's order
+    return {name: headline[name] for name in params.all_models()}
 
 
 def trivial_score(section: Section) -> float | None:

@@ -109,10 +109,13 @@ def run_trial(
     study.tell(trial, value)
 
 
-def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
+def run_worker(
+    ctx: ModelContext, tags: dict[str, str], index: int = 0, in_order: bool = False
+) -> int:
     """Run trials of the model's study until ``tune.n_trials`` have finished, by this worker
     or any other; return how many this one ran. ``index`` offsets the sampler's seed, so
-    workers started together do not draw the same random startup params."""
+    workers started together do not draw the same random startup params. ``in_order``: the
+    study's only worker (run_budget)."""
     p, tune = ctx.params, ctx.tune
     name = study_name(ctx)
     tracker = Tracker(ctx.dataset, ctx.name, name)
@@ -135,7 +138,8 @@ def run_worker(ctx: ModelContext, tags: dict[str, str], index: int = 0) -> int:
             "study": name,
         },
     )
-    return run_budget(study, storage, claim, seed, tune, make_objective(ctx, tracker, parent, tags))
+    objective = make_objective(ctx, tracker, parent, tags)
+    return run_budget(study, storage, claim, seed, tune, objective, in_order)
 
 
 def run_budget(
@@ -145,15 +149,17 @@ def run_budget(
     seed: int,
     tune: TuneParams,
     objective: Callable[[optuna.Trial], float],
+    in_order: bool = False,
 ) -> int:
     """Ask and run trials of ``study`` until ``tune.n_trials`` have finished, by this worker or
     any other sharing ``claim``; return how many this one ran.
 
-    A RUNNING trial met at the start may be a killed worker's, whose retry must run before
-    any new trial for the study to go on as an uninterrupted one would: the worker first
-    waits until such a trial would be stale (the grace period, plus a second for SQLite's
-    one-second clock). A live worker's trial stays fresh and is left to it."""
-    if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+    ``in_order`` (the study's only worker: the tune stage with ``tune.workers: 1``): a RUNNING
+    trial met at the start is a killed worker's, whose retry must run before any new trial
+    for the study to go on as an uninterrupted one would: wait until it is stale (the grace
+    period, plus SQLite's one-second clock). Joining workers start at once."""
+    running = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    if in_order and running:
         interval = storage.heartbeat_interval or HEARTBEAT_S
         time.sleep((storage.grace_period or 2 * interval) + 1)
     ran = 0
@@ -228,7 +234,7 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
     for process in helpers:
         process.start()
     try:
-        run_worker(ctx, tags, index=0)
+        run_worker(ctx, tags, index=0, in_order=tune.workers == 1)
         for process in helpers:
             process.join()
     finally:
