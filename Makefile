@@ -10,7 +10,7 @@ UI_PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test test-fast lint format ui dashboard clean-stores
+.PHONY: help install repro test test-fast lint format exps ui dashboard clean-stores
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ lint: install ## ruff check and format check
 
 format: install ## ruff fix and format
 	$(RUN) ruff check --fix . && $(RUN) ruff format .
+
+exps: install ## dvc exp show with the headline test metrics only (every column of it fits)
+	$(RUN) dvc exp show --drop '^(?!Experiment$$|Created$$|[^.]+\.test_(acc|rmsle|fid)$$)'
 
 ui: install ## open the MLflow UI on the repo's tracking store (http://127.0.0.1:$(UI_PORT))
 	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)

@@ -4,6 +4,7 @@ the workspace's MLflow and Optuna stores: both land in `dvc exp show` and in MLf
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -81,6 +82,13 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
         row = next(line for line in lines if f"[bs{size}]" in line)
         accuracy = float(rows[f"bs{size}"][header.index("mlp.test_acc")])
         assert f"{accuracy:.5f}".rstrip("0") in row and f" {size} " in row, row
+    # `make exps`: every network's headline test metric, none folded.
+    venv = Path(sys.executable).parent.parent
+    make = ["make", "-o", str(venv / ".reprolab-installed"), "exps", f"VENV={venv}", "-s"]
+    headline = run(make + ["--no-print-directory"], repo, COLUMNS="200", PAGER="cat").stdout
+    assert "…" not in headline, headline
+    for column in ("mlp.test_acc", "lenet.test_acc", "tabular_mlp.test_rmsle", "dcgan.test_fid"):
+        assert column in headline, headline
     # Plots compare the two experiments, one plot per model, titled by file, axes named.
     plots = json.loads(run(["dvc", "plots", "diff", "bs32", "bs16", "--json"], repo).stdout)
     curves = plots["data"]["plots/curves/mlp.tsv"][0]
