@@ -10,8 +10,10 @@ retried with the same params (RetryHeartbeatStaleTrialCallback); its MLflow run 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
+import socket
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -20,7 +22,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from reprolab.core.io import file_lock
 from reprolab.core.paths import workspace_root
@@ -144,3 +146,31 @@ def heartbeat(storage: RDBStorage, trial_id: int) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def fail_dead_trials(study: optuna.Study) -> int:
+    """Fail now the RUNNING trials of workers on this machine whose process is gone (a killed
+    stage), and retry them as the heartbeat check would after its grace period; trials of
+    other machines' workers wait for their heartbeats to go stale. Returns how many."""
+    storage = study._storage
+    host, dead = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            dead.append(trial._trial_id)
+    retry = storage.get_failed_trial_callback()
+    for trial_id in dead:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL) and retry:
+                retry(study, copy.deepcopy(storage.get_trial(trial_id)))
+    return len(dead)

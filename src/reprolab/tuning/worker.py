@@ -1,16 +1,13 @@
 """Optuna tuning of learning rate and weight decay on the validation split.
 
-- Storage and claim locks: tuning.storage. Study name: tuning.identity. Objective and its
-  MLflow child runs: tuning.objective.
-- Workers: the ``tune`` stage runs ``tune.workers`` of them (itself and spawned processes);
-  ``reprolab tune-worker <model>`` adds more, on this machine or others sharing the storage.
-- Budget: finished trials (complete or pruned) count toward ``n_trials`` across resumes and
-  workers. A worker asks for a trial only under the study's lock (a PostgreSQL advisory lock,
-  else a file lock beside the storage) and only while running + finished trials are fewer
-  than ``n_trials``, so parallel workers never overshoot (MaxTrialsCallback, checked after
-  each worker's own trial, does). A trial whose worker died is failed by the heartbeat check
-  and retried with the same params (RetryHeartbeatStaleTrialCallback); workers wait for
-  running trials instead of leaving, so the budget is never left short either.
+Storage and locks: tuning.storage; study name: tuning.identity; objective: tuning.objective;
+pruners: tuning.pruners. The ``tune`` stage runs ``tune.workers`` workers; ``reprolab
+tune-worker`` adds more. Finished trials (complete or pruned) count toward ``n_trials``
+across resumes and workers: a worker asks for a trial only under the study's lock and only
+while running + finished trials are fewer (MaxTrialsCallback, checked after a worker's own
+trial, overshoots). A dead worker's trial is failed (at once on this machine, else by the
+heartbeat check) and retried with the same params; workers wait for running trials instead
+of leaving, so the budget is never left short either.
 """
 
 from __future__ import annotations
@@ -36,6 +33,7 @@ from reprolab.core.schema import Params, TuneParams
 from reprolab.learn.context import ModelContext
 from reprolab.learn.tasks import get_task
 from reprolab.tracking.runs import Tracker, flatten
+from reprolab.tuning import storage as stores
 from reprolab.tuning.identity import study_inputs, study_name
 from reprolab.tuning.objective import make_objective
 from reprolab.tuning.pruners import make_pruner
@@ -158,6 +156,8 @@ def run_budget(
     trial met at the start is a killed worker's, whose retry must run before any new trial
     for the study to go on as an uninterrupted one would: wait until it is stale (the grace
     period, plus SQLite's one-second clock). Joining workers start at once."""
+    with claim():
+        stores.fail_dead_trials(study)  # a killed worker of this machine: retried at once
     running = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     if in_order and running:
         interval = storage.heartbeat_interval or HEARTBEAT_S
