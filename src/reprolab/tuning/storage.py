@@ -159,14 +159,20 @@ def _alive(pid: int) -> bool:
 
 
 def fail_dead_trials(study: optuna.Study) -> int:
-    """Fail now the RUNNING trials of workers on this machine whose process is gone (a killed
-    stage), and retry them as the heartbeat check would after its grace period; trials of
-    other machines' workers wait for their heartbeats to go stale. Returns how many."""
+    """Under the study's claim lock: fail now the RUNNING trials whose worker is known dead,
+    and retry them as the heartbeat check would after its grace period. Dead: a worker of
+    this machine whose process is gone, or a trial without any heartbeat (workers ask for a
+    trial and record its first heartbeat under the claim lock, so one without is a worker's
+    killed in between: no heartbeat would ever make it stale). Returns how many."""
     storage = study._storage
     host, dead = socket.gethostname(), []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    rdb = getattr(storage, "_backend", storage)  # a study wraps its RDBStorage in a cache
+    beating = _with_heartbeat(rdb, [t._trial_id for t in running])
+    for trial in running:
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+        gone = worker_host == host and pid.isdigit() and not _alive(int(pid))
+        if gone or trial._trial_id not in beating:
             dead.append(trial._trial_id)
     retry = storage.get_failed_trial_callback()
     for trial_id in dead:
@@ -174,3 +180,13 @@ def fail_dead_trials(study: optuna.Study) -> int:
             if storage.set_trial_state_values(trial_id, state=TrialState.FAIL) and retry:
                 retry(study, copy.deepcopy(storage.get_trial(trial_id)))
     return len(dead)
+
+
+def _with_heartbeat(storage: RDBStorage, trial_ids: list[int]) -> set[int]:
+    """Which of ``trial_ids`` have a heartbeat recorded (Optuna's trial_heartbeats table)."""
+    if not trial_ids:
+        return set()
+    query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids")
+    query = query.bindparams(sqlalchemy.bindparam("ids", expanding=True))
+    with storage.engine.connect() as connection:
+        return {row[0] for row in connection.execute(query, {"ids": trial_ids})}

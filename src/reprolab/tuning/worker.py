@@ -165,6 +165,7 @@ def run_budget(
     ran = 0
     while True:
         with claim():
+            stores.fail_dead_trials(study)
             optuna.storages.fail_stale_trials(study)
             states = [t.state for t in study.get_trials(deepcopy=False)]
             finished = sum(s in FINISHED for s in states)
@@ -180,8 +181,7 @@ def run_budget(
                 # A trial without any heartbeat is never found stale: record one now.
                 storage.record_heartbeat(trial._trial_id)
         if trial is None:
-            # The budget is claimed by running trials; wait in case one's worker dies.
-            time.sleep(storage.heartbeat_interval or HEARTBEAT_S)
+            time.sleep(storage.heartbeat_interval or HEARTBEAT_S)  # in case one's worker dies
             continue
         run_trial(study, storage, trial, objective)
         ran += 1
