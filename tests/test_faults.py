@@ -120,7 +120,8 @@ def read_only(tmp_path: Path):
 
     yield folder, seal
     for target in sealed:
-        subprocess.run(["umount", str(target)], capture_output=True)
+        # Lazy: the test process may still hold the database open (its engine).
+        subprocess.run(["umount", "--lazy", str(target)], capture_output=True)
 
 
 @pytest.mark.parametrize("sealed", ["folder", "database file"])
