@@ -273,3 +273,19 @@ def postgres_url() -> Iterator[str]:
     finally:
         subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def digits_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A workspace (the cwd) holding params.yaml and the digits image splits, as the
+    download and split stages write them."""
+    from reprolab.core import paths
+    from reprolab.data.fetch import fetch_dataset, load_raw
+    from reprolab.data.split import write_splits
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    fetch_dataset("digits", paths.RAW / "digits")
+    raw = load_raw("digits", paths.RAW / "digits")
+    write_splits(raw, paths.splits_dir("image"), 0.15, 0.15, seed=0)
+    return tmp_path

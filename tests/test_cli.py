@@ -9,7 +9,6 @@ import inspect
 import os
 import re
 import select
-import shutil
 import struct
 import subprocess
 import sys
@@ -23,9 +22,6 @@ import pytest
 from conftest import REPO, clean_env, run
 
 from reprolab import cli
-from reprolab.core import paths
-from reprolab.data.fetch import fetch_dataset, load_raw
-from reprolab.data.split import write_splits
 
 # A tqdm bar as it draws itself: "epochs:  33%|███▎      | 1/3 [00:00<00:00, ...]".
 BAR = re.compile(rb"\d+%\|.*\| *\d+/\d+ \[")
@@ -178,16 +174,6 @@ def test_epoch_bar_stays_out_of_pipes() -> None:
     assert result.stdout.strip() == b"trained 3 epochs"
     assert not BAR.search(result.stdout + result.stderr), result.stderr[-2000:]
     assert b"epochs:" not in result.stderr
-
-
-@pytest.fixture
-def digits_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    fetch_dataset("digits", paths.RAW / "digits")
-    raw = load_raw("digits", paths.RAW / "digits")
-    write_splits(raw, paths.splits_dir("image"), 0.15, 0.15, seed=0)
-    return tmp_path
 
 
 def test_lr_find_draws_its_bar_on_a_terminal(digits_split: Path) -> None:

@@ -10,24 +10,11 @@ import pytest
 from conftest import REPO
 
 from reprolab import cli
-from reprolab.core import paths
-from reprolab.data.fetch import fetch_dataset, load_raw
-from reprolab.data.split import write_splits
 
 
-@pytest.fixture
-def digits_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    fetch_dataset("digits", paths.RAW / "digits")
-    raw = load_raw("digits", paths.RAW / "digits")
-    write_splits(raw, paths.splits_dir("image"), 0.15, 0.15, seed=0)
-    return tmp_path
-
-
-def test_lr_find_writes_curve_plot_and_a_usable_range(digits_workspace: Path, capsys) -> None:
+def test_lr_find_writes_curve_plot_and_a_usable_range(digits_split: Path, capsys) -> None:
     cli.main(["lr-find", "mlp", "--steps", "80", "--end-lr", "10"])
-    out = digits_workspace / "reports" / "lr_find"
+    out = digits_split / "reports" / "lr_find"
     suggestion = json.loads((out / "mlp.json").read_text())
     assert 1e-6 <= suggestion["low"] < suggestion["high"] <= 10
     assert suggestion["low"] == pytest.approx(suggestion["steepest"] / 10)
