@@ -27,10 +27,12 @@ def main(params, args) -> None:
         if refused:
             print(f"report: alias champion not moved: {refused}")
             continue
-        uri = promote_champion(
+        uri, held = promote_champion(
             section.dataset, best, champion_weights_md5(best), getattr(params, section.group)
         )
-        if uri is None:
+        if held:
+            print(f"report: alias champion not moved to {uri}: {held}")
+        elif uri is None:
             print(f"report: no registered MLflow version of {best} matches models/{best}/model.pt;")
             print("        alias 'champion' not set (run `dvc repro -f train@...` to register it)")
         else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,7 +35,7 @@ def _workspace(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def _log(seed: int, study: str = "s1") -> str:
+def _log(seed: int, study: str = "s1", sha: str = "0" * 40) -> str:
     """Train nothing: a seeded tiny network logged the pipeline's way; returns its md5."""
     torch.manual_seed(seed)
     model = torch.nn.Linear(4, 2).eval()
@@ -48,7 +49,7 @@ def _log(seed: int, study: str = "s1") -> str:
     log_final_model(
         ctx,
         {"study": study},
-        {"reprolab.git_sha": "0" * 40},
+        {"reprolab.git_sha": sha},
         history=[{"epoch": 1, "val_accuracy": 0.5}],
         logged={"val_accuracy": 0.5 + seed / 100},
         served=model,
@@ -168,9 +169,55 @@ def test_the_same_weights_map_to_one_registered_version(
     other = _log(seed=2, study="s3")
     assert other != same
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
-    assert promote_champion("toy", "mlp", same, ["mlp"]) == f"models:/{NAME}/1"
+    assert promote_champion("toy", "mlp", same, ["mlp"]) == (f"models:/{NAME}/1", None)
     assert client.get_model_version_by_alias(NAME, "champion").tags["weights_md5"] == same
-    assert promote_champion("toy", "mlp", other, ["mlp"]) == f"models:/{NAME}/2"
+    assert promote_champion("toy", "mlp", other, ["mlp"]) == (f"models:/{NAME}/2", None)
+
+
+def _commit(folder: Path, message: str) -> str:
+    """A commit in ``folder``'s git repository (created if need be); returns its sha."""
+    git = ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t"]
+    if not (folder / ".git").exists():
+        subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    (folder / "notes.txt").write_text(message)
+    subprocess.run([*git, "add", "notes.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", message], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def test_champion_only_moves_forward_in_git_history_on_a_shared_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workspaces sharing one tracking server: the alias goes to a descendant commit's
+    result, never back to an older commit's or across to a diverged branch's."""
+    _workspace(tmp_path, monkeypatch)
+    old = _commit(tmp_path, "old")
+    mine_old = _log(seed=1, sha=old)
+    assert promote_champion("toy", "mlp", mine_old, ["mlp"]) == (f"models:/{NAME}/1", None)
+    new = _commit(tmp_path, "new")  # the same workspace, a commit later: forward
+    mine_new = _log(seed=2, sha=new)
+    assert promote_champion("toy", "mlp", mine_new, ["mlp"]) == (f"models:/{NAME}/2", None)
+
+    # Another clone's result from a commit this one does not have takes the alias...
+    theirs = _log(seed=3, sha="f" * 40)
+    MlflowClient().set_registered_model_alias(NAME, "champion", "3")
+    uri, held = promote_champion("toy", "mlp", mine_new, ["mlp"])
+    assert uri == f"models:/{NAME}/2"
+    assert held.startswith(f"champion stays on models:/{NAME}/3: it is the result of commit fff")
+    assert "which this clone does not have" in held and "git pull" in held
+    champion = MlflowClient().get_model_version_by_alias(NAME, "champion")
+    assert champion.tags["weights_md5"] == theirs
+    # ...and so does this clone's newer commit from a diverged branch of it.
+    MlflowClient().set_registered_model_alias(NAME, "champion", "2")
+    subprocess.run(["git", "-C", str(tmp_path), "checkout", "-q", "-b", "side", old], check=True)
+    side = _commit(tmp_path, "side")
+    uri, held = promote_champion("toy", "mlp", _log(seed=4, sha=side), ["mlp"])
+    assert uri == f"models:/{NAME}/4" and "not an ancestor of HEAD" in held
+    # Back on the branch whose commit is newest: forward again, the alias moves.
+    MlflowClient().set_registered_model_alias(NAME, "champion", "1")
+    subprocess.run(["git", "-C", str(tmp_path), "checkout", "-q", "main"], check=True)
+    assert promote_champion("toy", "mlp", mine_new, ["mlp"]) == (f"models:/{NAME}/2", None)
+    assert str(MlflowClient().get_model_version_by_alias(NAME, "champion").version) == "2"
 
 
 def test_parent_runs_are_named_after_the_dvc_experiment_or_the_commit(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from reprolab.core.paths import MODEL_FILE, SPEC_FILE, workspace_root
-from reprolab.tracking.runs import Tracker, open_store, store_lock, verifying
+from reprolab.tracking.runs import Tracker, git_sha, open_store, store_lock, verifying
 
 CHAMPION = "champion"
 # On a parent run: the registered version (``models:/<name>/<version>``) its weights are,
@@ -135,27 +136,63 @@ def champion_refused() -> str | None:
     return None
 
 
+def _held_by_a_newer_commit(holder: Any, head: str) -> str | None:
+    """Why the champion ``holder`` (a model version) must stay (None: this workspace may move
+    it). Workspaces sharing one tracking server each move the alias to their committed result;
+    the alias only goes forward in git history, so that an older or diverged clone never takes
+    it from a newer one. Unordered (a version or a workspace outside git): it may move."""
+    theirs = holder.tags.get("git_sha", "unknown")
+    if "unknown" in (theirs, head) or theirs == head:
+        return None
+    try:
+        ancestor = subprocess.run(
+            ["git", "merge-base", "--is-ancestor", theirs, head], capture_output=True, timeout=30
+        ).returncode
+    except (OSError, subprocess.SubprocessError):
+        ancestor = 128
+    if ancestor == 0:
+        return None
+    where = "which this clone does not have" if ancestor != 1 else "not an ancestor of HEAD"
+    return (
+        f"champion stays on models:/{holder.name}/{holder.version}: it is the result of commit "
+        f"{theirs[:12]}, {where} ({head[:12]}); `git pull` and rerun `dvc repro report`, or "
+        "move the alias by hand in the MLflow UI"
+    )
+
+
 def promote_champion(
     dataset: str, best: str, weights_md5: str, models: Iterable[str]
-) -> str | None:
+) -> tuple[str | None, str | None]:
     """Alias ``champion`` the registered version of ``best`` whose weights are ``weights_md5``
-    (the model.pt that DVC tracks), and take the alias off the other models of the dataset.
+    (the model.pt that DVC tracks), and take the alias off the other models of the dataset;
+    unless the alias is on a version of a commit this HEAD does not descend from (another
+    workspace's newer or diverged result on a shared server).
 
-    Returns the version's ``models:/`` URI, or None when the store holds no such version
-    (a fresh clone whose MLflow store never saw that training run).
+    Returns (the version's ``models:/`` URI, why the alias stayed where it is). The URI is None
+    when the store holds no such version (a fresh clone whose MLflow store never saw that
+    training run).
     """
     open_store()
     client = MlflowClient()
     name = registered_name(dataset, best)
-    version = registered_version(client, name, weights_md5)
-    if version is None:
-        return None
-    client.set_registered_model_alias(name, CHAMPION, version)
-    for other in models:
-        other_name = registered_name(dataset, other)
-        if other_name == name:
-            continue
-        # Not registered, or without the alias: nothing to take off.
-        with contextlib.suppress(mlflow.exceptions.MlflowException):
-            client.delete_registered_model_alias(other_name, CHAMPION)
-    return f"models:/{name}/{version}"
+    names = [registered_name(dataset, m) for m in models]
+    with store_lock():
+        version = registered_version(client, name, weights_md5)
+        if version is None:
+            return None, None
+        for other_name in names:
+            with contextlib.suppress(mlflow.exceptions.MlflowException):  # none: fine
+                holder = client.get_model_version_by_alias(other_name, CHAMPION)
+                if (holder.name, str(holder.version)) == (name, version):
+                    continue
+                held = _held_by_a_newer_commit(holder, git_sha())
+                if held:
+                    return f"models:/{name}/{version}", held
+        client.set_registered_model_alias(name, CHAMPION, version)
+        for other_name in names:
+            if other_name == name:
+                continue
+            # Not registered, or without the alias: nothing to take off.
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
+                client.delete_registered_model_alias(other_name, CHAMPION)
+    return f"models:/{name}/{version}", None
