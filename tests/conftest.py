@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
+import select
 import shutil
+import struct
 import subprocess
 import sys
+import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +89,46 @@ def run(
             f"\n--- stderr\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def run_in_terminal(
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 60, columns: int = 100
+) -> tuple[int, bytes]:
+    """Run ``cmd`` with stdin, stdout and stderr a pseudo-terminal of ``columns`` columns;
+    return its exit status and everything it wrote to the terminal."""
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+    )
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([leader], [], [], 1)[0]:
+                continue
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the child exited and closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        else:
+            proc.kill()
+            raise AssertionError(f"{cmd} ran past {timeout}s:\n{b''.join(chunks)[-2000:]!r}")
+        return proc.wait(timeout=timeout), b"".join(chunks)
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -4,22 +4,16 @@ bars, drawn on a terminal (a real pseudo-terminal) and never into a pipe."""
 from __future__ import annotations
 
 import argparse
-import fcntl
 import inspect
-import os
 import re
-import select
-import struct
 import subprocess
 import sys
-import termios
-import time
 import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import REPO, clean_env, run
+from conftest import REPO, clean_env, run, run_in_terminal
 
 from reprolab import cli
 
@@ -53,44 +47,6 @@ def child_env() -> dict[str, str]:
     """The checkout's own code, and no TQDM_* settings (tqdm reads TQDM_DISABLE and co.)."""
     env = {k: v for k, v in clean_env().items() if not k.startswith("TQDM_")}
     return {**env, "PYTHONPATH": str(REPO / "src")}
-
-
-def run_in_terminal(cmd: list[str], cwd: Path, timeout: float = 60) -> tuple[int, bytes]:
-    """Run ``cmd`` with stdin, stdout and stderr a pseudo-terminal of 100 columns; return
-    its exit status and everything it wrote to the terminal."""
-    leader, follower = os.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=child_env(),
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        start_new_session=True,
-    )
-    os.close(follower)
-    chunks, deadline = [], time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not select.select([leader], [], [], 1)[0]:
-                continue
-            try:
-                data = os.read(leader, 65536)
-            except OSError:  # EIO: the child exited and closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        else:
-            proc.kill()
-            raise AssertionError(f"{cmd} ran past {timeout}s:\n{b''.join(chunks)[-2000:]!r}")
-        return proc.wait(timeout=timeout), b"".join(chunks)
-    finally:
-        os.close(leader)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def run_in_pipes(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -162,7 +118,7 @@ def test_lr_find_default_out_is_ignored_by_git_and_dvc() -> None:
 
 
 def test_epoch_bar_is_drawn_on_a_terminal() -> None:
-    code, shown = run_in_terminal([sys.executable, "-c", TINY_FIT], REPO)
+    code, shown = run_in_terminal([sys.executable, "-c", TINY_FIT], REPO, env=child_env())
     assert code == 0, shown[-2000:]
     assert b"trained 3 epochs" in shown
     assert re.search(rb"epochs: +" + BAR.pattern, shown), shown[-2000:]
@@ -180,7 +136,7 @@ def test_lr_find_draws_its_bar_on_a_terminal(digits_split: Path) -> None:
     """The real command in a new process: its numerics mode is set before torch loads, and
     the range test's steps show as a bar."""
     cmd = [sys.executable, "-m", "reprolab.cli", "lr-find", "mlp", "--steps", "8"]
-    code, shown = run_in_terminal(cmd, digits_split)
+    code, shown = run_in_terminal(cmd, digits_split, env=child_env())
     assert code == 0, shown[-2000:]
     assert re.search(rb"lr-find: +" + BAR.pattern, shown), shown[-2000:]
     assert b"bound the search: dvc exp run -S tune.lr.low=" in shown

@@ -4,12 +4,13 @@ the workspace's MLflow and Optuna stores: both land in `dvc exp show` and in MLf
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_repo, run, set_params, stages_run
+from conftest import clean_env, copy_repo, run, run_in_terminal, set_params, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +90,23 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
     assert "…" not in headline, headline
     for column in ("mlp.test_acc", "lenet.test_acc", "tabular_mlp.test_rmsle", "dcgan.test_fid"):
         assert column in headline, headline
+    # A plain `dvc exp show` in a 200-column terminal: DVC pages its table through
+    # `less -RS` (here `cat`, same rendering); the first screen is every headline metric,
+    # whole, and nothing on it is folded.
+    code, shown = run_in_terminal(
+        ["dvc", "exp", "show"], repo, env=clean_env(DVC_PAGER="cat"), columns=200
+    )
+    assert code == 0, shown
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode())
+    screen = [line[:200] for line in text.splitlines()]
+    head = next(line for line in screen if "Experiment" in line)
+    assert "…" not in "".join(screen), text
+    for column in ("mlp.test_acc", "lenet.test_acc", "tabular_mlp.test_rmsle", "dcgan.test_fid"):
+        assert column in head, head
+    for size in BATCH_SIZES:
+        row = next(line for line in screen if f"[bs{size}]" in line)
+        accuracy = float(rows[f"bs{size}"][header.index("mlp.test_acc")])
+        assert f"{accuracy:.5f}".rstrip("0") in row, row
     # Plots compare the two experiments, one plot per model, titled by file, axes named.
     plots = json.loads(run(["dvc", "plots", "diff", "bs32", "bs16", "--json"], repo).stdout)
     curves = plots["data"]["plots/curves/mlp.tsv"][0]

@@ -182,7 +182,8 @@ def _commit(folder: Path, message: str) -> str:
     (folder / "notes.txt").write_text(message)
     subprocess.run([*git, "add", "notes.txt"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", message], check=True)
-    return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    return head.stdout.strip()
 
 
 def test_champion_only_moves_forward_in_git_history_on_a_shared_server(
