@@ -57,6 +57,18 @@ def test_early_stopping_restores_the_best_epoch() -> None:
     assert restored_loss == pytest.approx(result.best_value, rel=1e-6)
 
 
+def test_restore_last_keeps_the_last_epochs_weights() -> None:
+    """``train.restore: last`` (for OneCycle, annealed to its last epoch): the best epoch is
+    still found and reported, but the weights kept are the last epoch's."""
+    model = small_mlp()
+    result, _ = train(model, lr=0.05, max_epochs=40, patience=3, restore="last")
+    losses = [row["val_loss"] for row in result.history]
+    assert result.best_epoch == 1 + losses.index(min(losses)) < len(result.history)
+    kept_loss, _ = evaluate_loss(model, blobs(96, 2))
+    assert kept_loss == pytest.approx(losses[-1], rel=1e-6)
+    assert kept_loss > result.best_value
+
+
 def test_same_seed_same_history() -> None:
     a, _ = train(small_mlp(), lr=0.01, max_epochs=4, patience=4)
     b, _ = train(small_mlp(), lr=0.01, max_epochs=4, patience=4)

@@ -124,6 +124,8 @@ class AugmentParams(_Strict):
 class TrainParams(_Strict):
     max_epochs: PositiveInt = 60
     patience: PositiveInt = 8
+    # Weights kept: the epoch of least validation loss, or the last (OneCycle annealed to it).
+    restore: Literal["best", "last"] = "best"
     scheduler: Literal["none", "step", "cyclic", "onecycle"] = "none"
     step: StepSchedule = StepSchedule()
     # true: deterministic algorithms (CUDA: no cudnn.benchmark); false: fastest kernels.

@@ -188,7 +188,7 @@ def fit(
     progress: bool | None = None,
 ) -> FitResult:
     """Train with early stopping on validation loss; the best epoch's weights are restored
-    (learn.loop.run_epochs).
+    (``train_params.restore: last``: the last epoch's are kept; learn.loop.run_epochs).
 
     ``task``: a key of reprolab.learn.objectives.OBJECTIVES (its loss and validation score).
     ``progress``: show the epoch bar (None: only on a terminal).
@@ -256,6 +256,7 @@ def fit(
         desc=desc,
         progress=False if not distributed.is_main() else progress,
         shown=(score_key,),
+        restore=train_params.restore,
     )
     model.to(memory_format=torch.contiguous_format)
     return result

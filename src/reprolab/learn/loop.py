@@ -1,5 +1,5 @@
 """The epoch driver every training loop shares: progress bar, history, divergence check,
-best-epoch tracking with its weights restored, early stopping and the per-epoch callback.
+best-epoch tracking with its weights restored (or the last epoch's kept), early stopping and the per-epoch callback.
 
 A loop (engine.fit for classifiers and regressors, gan.fit_gan for GANs) supplies only
 ``run_epoch(epoch) -> row``: one epoch of its own updates and its validation numbers.
@@ -51,9 +51,11 @@ def run_epochs(
     desc: str = "epochs",
     progress: bool | None = None,
     shown: tuple[str, ...] = (),
+    restore: str = "best",
 ) -> FitResult:
     """Run up to ``epochs`` epochs; keep the weights of the epoch with the lowest
-    ``row[monitor]`` and restore them at the end; stop after ``patience`` epochs without a
+    ``row[monitor]`` and restore them at the end (``restore="last"``: keep the last epoch's,
+    as a schedule that anneals to the end wants); stop after ``patience`` epochs without a
     better one. Any non-finite number in a row raises DivergedError (a NaN loss, or a
     finite loss that blew up into inf).
 
@@ -72,7 +74,7 @@ def run_epochs(
         bar.set_postfix({k: f"{row[k]:.4f}" for k in (monitor, *shown)})
         if row[monitor] < result.best_value:
             result.best_value, result.best_epoch = row[monitor], epoch
-            best_state = state_copy(model)
+            best_state = state_copy(model) if restore == "best" else best_state
             since_best = 0
         else:
             since_best += 1
@@ -81,5 +83,6 @@ def run_epochs(
         if patience is not None and since_best >= patience:
             break
     bar.close()
-    model.load_state_dict(best_state)
+    if restore == "best":
+        model.load_state_dict(best_state)
     return result
