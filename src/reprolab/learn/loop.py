@@ -1,5 +1,6 @@
 """The epoch driver every training loop shares: progress bar, history, divergence check,
-best-epoch tracking with its weights restored (or the last epoch's kept), early stopping and the per-epoch callback.
+best-epoch tracking with its weights restored (or the last epoch's kept), early stopping and
+the per-epoch callback.
 
 A loop (engine.fit for classifiers and regressors, gan.fit_gan for GANs) supplies only
 ``run_epoch(epoch) -> row``: one epoch of its own updates and its validation numbers.
