@@ -67,6 +67,8 @@ def test_restore_last_keeps_the_last_epochs_weights() -> None:
     kept_loss, _ = evaluate_loss(model, blobs(96, 2))
     assert kept_loss == pytest.approx(losses[-1], rel=1e-6)
     assert kept_loss > result.best_value
+    assert result.kept("last") == result.history[-1]
+    assert result.kept("best")["val_loss"] == result.best_value
 
 
 def test_same_seed_same_history() -> None:

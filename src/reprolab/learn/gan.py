@@ -103,14 +103,16 @@ def fit_gan(
     pixel_max: float,
     deterministic: bool = True,
     patience: int | None = None,
+    restore: str = "best",
     on_epoch: EpochCallback | None = None,
     desc: str = "epochs",
     progress: bool | None = None,
 ) -> FitResult:
     """Train D and G in turn (the tutorial's loop, non-saturating G loss); after each epoch,
     score ``scorer.n_real`` images from a fixed noise (the same every epoch, so epochs differ
-    by the generator alone). The best epoch by that score is restored; with ``patience`` the
-    loop stops after that many epochs without a better one.
+    by the generator alone). The best epoch by that score is restored (``restore="last"``: the
+    last epoch is kept); with ``patience`` the loop stops after that many epochs without a
+    better one.
 
     ``on_epoch(epoch, row)`` sees loss_d, loss_g, d_real, d_fake (mean D probabilities),
     val_fid and lr; it may raise (e.g. optuna.TrialPruned) to stop the loop.
@@ -184,6 +186,7 @@ def fit_gan(
         desc=desc,
         progress=progress,
         shown=("loss_d",),
+        restore=restore,
     )
 
 

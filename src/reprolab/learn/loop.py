@@ -29,6 +29,10 @@ class FitResult:
     best_epoch: int = 0
     best_value: float = math.inf
 
+    def kept(self, restore: str) -> dict[str, float]:
+        """The row of the epoch whose weights the model holds after ``run_epochs``."""
+        return self.history[(self.best_epoch if restore == "best" else len(self.history)) - 1]
+
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

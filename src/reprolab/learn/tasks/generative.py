@@ -160,6 +160,7 @@ def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
         best["weight_decay"],
         ctx.train.max_epochs,
         patience=ctx.train.patience,
+        restore=ctx.train.restore,
         desc=f"train {ctx.name}",
     )
     train_seconds = time.perf_counter() - started  # MLflow only: DVC outputs stay byte-equal
@@ -168,7 +169,8 @@ def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
     run_record["n_parameters_discriminator"] = sum(
         t.numel() for t in model.discriminator.parameters()
     )
-    val_metrics = {"fid": round(result.best_value, 6), "n_real": scorer.n_real}
+    kept_fid = result.kept(ctx.train.restore)["val_fid"]  # the epoch whose weights are saved
+    val_metrics = {"fid": round(kept_fid, 6), "n_real": scorer.n_real}
     about = {
         **ctx.environment,
         "model": ctx.name,
