@@ -1,0 +1,103 @@
+"""The shared skeleton of the stage scripts: args, validated params, clean errors."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from collections.abc import Callable
+
+from reprolab.core import numerics
+from reprolab.core.errors import ReprolabError
+from reprolab.core.params import load_params
+from reprolab.core.schema import Params
+
+
+def run_stage(
+    description: str,
+    body: Callable[[Params, argparse.Namespace], None],
+    model_arg: bool = False,
+    kind_arg: bool = False,
+    check_kind: bool = False,
+) -> None:
+    """Parse args, validate params.yaml before any work, run ``body``; on a known error,
+    one line and exit 1."""
+    parser = argparse.ArgumentParser(description=description)
+    if model_arg:
+        parser.add_argument("model", help="a model of params.yaml (classifiers, regressors...)")
+    if kind_arg:
+        parser.add_argument("kind", choices=["image", "tabular"], help="a key of `datasets:`")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
+    args = parser.parse_args()
+    try:
+        # A model stage checks its model's arch options too; the others need no torch.
+        # download/split check their dataset is of their kind (they import its source anyway).
+        params = load_params(
+            args.params,
+            options_of=[args.model] if model_arg else [],
+            kinds_of=[args.kind] if check_kind else [],
+            # Before anything imports torch (an arch module does): it picks kernels on load.
+            before_modules=_set_numerics,
+        )
+        body(params, args)
+    except ReprolabError as err:
+        _failed("FAILED", str(err))
+        sys.exit(f"error: {err}")
+    except OSError as err:  # the machine's fault: disk full, read-only or forbidden folder
+        where = f"{err.filename}: " if err.filename else ""
+        message = f"{where}{err.strerror or err}"
+        _failed("FAILED", message)
+        sys.exit(f"error: {message}; free space or fix the permissions, then rerun the stage")
+    except KeyboardInterrupt:
+        _failed("KILLED", "interrupted (Ctrl-C)")
+        sys.exit(f"{parser.prog}: interrupted; no output was replaced (writes are atomic)")
+    except BaseException as err:
+        advice = next((a for kind, a in STORE_FAULTS if isinstance(err, kind)), None)
+        message = f"{type(err).__name__}: {_root_cause(err)[:300]}"
+        _failed("FAILED", message if advice else f"{type(err).__name__}: {err}")
+        if advice is None:
+            raise  # a bug: keep its traceback
+        sys.exit(f"error: {message}; {advice}")
+    # The run is done. Interpreter shutdown runs full garbage collections over every object
+    # torch and MLflow allocated (0.7-0.9 s a stage, bench/startup.py); frozen ones are skipped.
+    gc.freeze()
+
+
+# Faults of the stores other layers talk to (MLflow, Optuna's database): the exception type a
+# layer registers and what the user should do; the stage reports them in one line.
+STORE_FAULTS: list[tuple[type[BaseException], str]] = []
+
+# Called with (status, reason) when a stage fails: tracking ends the MLflow runs this
+# process left running (FAILED, or KILLED on Ctrl-C) instead of leaving them RUNNING.
+FAILURE_HOOKS: list[Callable[[str, str], None]] = []
+
+
+def _root_cause(err: BaseException) -> str:
+    """The first line of the innermost error a store's exception wraps (MLflow and
+    SQLAlchemy put their own notes first: "(raised as a result of Query-invoked autoflush"),
+    e.g. "attempt to write a readonly database"."""
+    while err.__cause__ is not None or (err.__context__ and not err.__suppress_context__):
+        err = err.__cause__ or err.__context__
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _failed(status: str, reason: str) -> None:
+    for hook in FAILURE_HOOKS:
+        try:
+            hook(status, reason)
+        except Exception as err:  # a store that is itself the fault must not hide the error
+            print(
+                f"warning: could not record the failure in MLflow: {_root_cause(err)}",
+                file=sys.stderr,
+            )
+
+
+def _set_numerics(params: Params) -> None:
+    """The numerics mode, before anything imports torch (it picks its kernels on load); in
+    portable mode the installed packages must be the pinned ones."""
+    numerics.apply(params.numerics)
+    if params.numerics == "portable":
+        numerics.check_pins()

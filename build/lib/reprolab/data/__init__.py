@@ -1,0 +1,1 @@
+"""Datasets: the source registry (``sources/``), the split, and tensor loading."""

@@ -1,0 +1,131 @@
+"""The stratified, seeded train/val/test split, written once as separate files.
+
+Only ``evaluate`` may read test.npz; meta.json carries what other stages need to know
+about the data (shape, classes, and normalisation statistics from the train split only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from reprolab.core.errors import DataError
+from reprolab.core.io import atomic_path, write_json
+from reprolab.data.fetch import Arrays
+
+SPLITS = ("train", "val", "test")
+
+
+def split_indices(
+    y: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    test_mask: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Stratified indices for train/val/test; sorted, so file order does not depend on RNG.
+
+    With ``test_mask`` (a published test split) those rows are the test split, and
+    ``val_fraction`` is taken from the remaining (published train) rows.
+    """
+    index = np.arange(len(y))
+    stratify = y if _can_stratify(y, val_fraction, test_fraction) else None
+    if test_mask is not None:
+        rest, test = index[~test_mask], index[test_mask]
+        val_of_rest = val_fraction
+    else:
+        rest, test = train_test_split(
+            index, test_size=test_fraction, random_state=seed, stratify=stratify
+        )
+        val_of_rest = val_fraction / (1.0 - test_fraction)
+    train, val = train_test_split(
+        rest,
+        test_size=val_of_rest,
+        random_state=seed,
+        stratify=None if stratify is None else y[rest],
+    )
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _can_stratify(y: np.ndarray, val_fraction: float, test_fraction: float) -> bool:
+    if not np.issubdtype(y.dtype, np.integer):
+        return False  # regression targets
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    smallest = min(val_fraction, test_fraction) * len(y)
+    if counts.min() < 3 or smallest < len(counts):
+        raise DataError(
+            f"cannot stratify: the rarest class has {counts.min()} samples and the smallest "
+            f"split {smallest:.0f} rows for {len(counts)} classes; lower the split fractions "
+            "or use a larger dataset"
+        )
+    return True
+
+
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (axis 1 is channels/features), from the train split only."""
+    axes = tuple(i for i in range(x.ndim) if i != 1)
+    values = x.astype(np.float64)
+    mean = values.mean(axis=axes)
+    std = values.std(axis=axes)
+    std[std == 0] = 1.0
+    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+
+def write_splits(
+    arrays: Arrays,
+    out_dir: Path,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    official_test: bool = True,
+) -> dict:
+    mask = arrays.test_mask if official_test else None
+    indices = split_indices(arrays.y, val_fraction, test_fraction, seed, mask)
+    for name in SPLITS:
+        with atomic_path(out_dir / f"{name}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, x=arrays.x[indices[name]], y=arrays.y[indices[name]])
+    mean, std = channel_stats(arrays.x[indices["train"]])
+    meta = {
+        "task": arrays.task,
+        "classes": arrays.classes,
+        "input_shape": list(arrays.x.shape[1:]),
+        "mean": mean,
+        "std": std,
+        "sizes": {name: int(len(idx)) for name, idx in indices.items()},
+        "official_test": mask is not None,
+    }
+    if arrays.task == "regression":
+        # The regressors learn log1p(y) (RMSLE); its train-split statistics scale their output.
+        log_y = np.log1p(arrays.y[indices["train"]].astype(np.float64))
+        meta |= {
+            "features": arrays.features,
+            "target": arrays.target,
+            "target_log1p_mean": round(float(log_y.mean()), 6),
+            "target_log1p_std": round(float(log_y.std()) or 1.0, 6),
+        }
+    meta["trivial_val"] = trivial_scores(arrays, indices)
+    write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+def trivial_scores(arrays: Arrays, indices: dict[str, np.ndarray]) -> dict[str, float]:
+    """Validation scores of a model that ignores its input: the bar any model must clear
+    to be worth anything (the report flags one that does not, and never makes it champion).
+    Classes: always the train split's majority class; regression: always the train split's
+    mean log1p target."""
+    y_train, y_val = arrays.y[indices["train"]], arrays.y[indices["val"]]
+    if arrays.task == "regression":
+        center = np.log1p(y_train.astype(np.float64)).mean()
+        error = np.log1p(y_val.astype(np.float64)) - center
+        return {"rmsle": round(float(np.sqrt(np.mean(error**2))), 6)}
+    majority = int(np.bincount(y_train.astype(np.int64)).argmax())
+    share = float(np.mean(y_val == majority))
+    n_classes = max(len(arrays.classes), 1)
+    # Macro-F1 of the constant guess: the majority class's F1, the others score 0.
+    return {
+        "accuracy": round(share, 6),
+        "macro_f1": round(2 * share / (1 + share) / n_classes, 6),
+    }

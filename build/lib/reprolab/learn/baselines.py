@@ -1,0 +1,233 @@
+"""Classical scikit-learn baselines, so every neural model is ranked beside a classical one.
+
+For images: logistic regression and an RBF SVM on standardised, flattened pixels; for
+feature rows: ridge regression on log1p targets (the regressors' RMSLE objective). Each
+estimator's regularisation strength is picked on the validation split from a small fixed
+grid (fitted on train only, like the neural models); ``evaluate_baselines`` scores the chosen
+estimators once on test. They are saved with skops (scikit-learn's recommended secure
+format: loading checks every type against an allow-list, no arbitrary pickle code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reprolab.core.errors import CheckpointError
+from reprolab.core.io import atomic_path, write_json
+from reprolab.learn.objectives import OBJECTIVES
+
+# name -> (task, hyperparameter, grid)
+GRIDS: dict[str, tuple[str, str, list[float]]] = {
+    "logistic_regression": ("classification", "C", [0.01, 0.1, 1.0, 10.0]),
+    "rbf_svm": ("classification", "C", [0.3, 1.0, 3.0, 10.0, 30.0]),
+    "ridge": ("regression", "alpha", [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]),
+}
+FILE = "baselines.skops"
+
+
+def make_estimator(name: str, value: float, seed: int):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    if name == "logistic_regression":
+        estimator = LogisticRegression(C=value, max_iter=3000, random_state=seed)
+    elif name == "rbf_svm":
+        # Platt-scaled probabilities (sigmoid calibration, deterministic folds) give the
+        # log-loss; accuracy is the argmax of the same probabilities.
+        estimator = CalibratedClassifierCV(
+            SVC(C=value, kernel="rbf", gamma="scale"), method="sigmoid", ensemble=False
+        )
+    else:
+        return TransformedTargetRegressor(
+            regressor=make_pipeline(StandardScaler(), Ridge(alpha=value)),
+            func=np.log1p,
+            inverse_func=np.expm1,
+        )
+    return make_pipeline(StandardScaler(), estimator)
+
+
+def outputs_of(estimator, task: str, x: np.ndarray) -> torch.Tensor:
+    """The estimator's predictions in the form the task's metrics take from a network:
+    log-probabilities (classification) or log1p predictions (regression)."""
+    if task == "classification":
+        probabilities = np.clip(estimator.predict_proba(x), 1e-12, 1.0)
+        return torch.from_numpy(np.log(probabilities))
+    prediction = np.clip(estimator.predict(x).astype(np.float64), 0.0, None)
+    return torch.from_numpy(np.log1p(prediction))[:, None]
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return x.reshape(len(x), -1).astype(np.float64)
+
+
+def _subsample(y: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """At most ``max_rows`` train rows (seeded), so an SVM stays tractable on MNIST."""
+    index = np.arange(len(y))
+    if len(y) <= max_rows:
+        return index
+    return np.sort(np.random.default_rng(seed).choice(index, max_rows, replace=False))
+
+
+@dataclass
+class Selected:
+    name: str
+    hyperparameter: str
+    value: float
+    val: dict[str, float]
+    grid: list[dict]
+
+
+def select_baselines(
+    names: list[str], train: dict, val: dict, task: str, seed: int, max_rows: int
+) -> tuple[list[Selected], dict]:
+    """Fit each estimator for every grid value on train; keep the best on val."""
+    rows = _subsample(train["y"], max_rows, seed)
+    x_train, y_train = _flat(train["x"][rows]), train["y"][rows]
+    if task == "regression":
+        y_train = y_train.astype(np.float64)  # log1p/expm1 round-trip exactly in float64
+    x_val, y_val = _flat(val["x"]), torch.from_numpy(val["y"])
+    selected, fitted = [], {}
+    for name in names:
+        estimator_task, hyper, grid = GRIDS[name]
+        if estimator_task != task:
+            raise ValueError(f"baseline {name!r} is for {estimator_task}, not {task}")
+        scores, best = [], None
+        for value in grid:
+            estimator = make_estimator(name, value, seed).fit(x_train, y_train)
+            metrics = OBJECTIVES[task].metrics(outputs_of(estimator, task, x_val), y_val)
+            scores.append({hyper: value, **metrics})
+            # Best: highest accuracy (classification) or lowest RMSLE; then lowest loss.
+            key = (-metrics.get("accuracy", 0.0), metrics["loss"])
+            if best is None or key < best[0]:
+                best = (key, value, estimator, metrics)
+        _, value, estimator, metrics = best
+        selected.append(Selected(name, hyper, value, metrics, scores))
+        fitted[name] = estimator
+    return selected, fitted
+
+
+def _canonical_zip(data: bytes) -> bytes:
+    """skops names array members and shared references after ``id()`` and stamps the time,
+    so equal estimators give different bytes; number them in order of appearance in
+    schema.json and fix the timestamps, so reruns are byte-equal (DVC sees no change)."""
+    import re
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(data))
+    schema = source.read("schema.json").decode()
+    members = [n for n in source.namelist() if n != "schema.json"]
+    order = sorted(members, key=lambda n: (schema.find(f'"{n}"'), n))
+    names = {old: f"{i}{Path(old).suffix}" for i, old in enumerate(order)}
+    schema = re.sub(r'"([^"/]+\.npy)"', lambda m: f'"{names.get(m.group(1), m.group(1))}"', schema)
+    # "__id__" (shared-reference keys) are id() values too: number them in order.
+    ids: dict[str, int] = {}
+    schema = re.sub(
+        r'"__id__": (\d+)',
+        lambda m: f'"__id__": {ids.setdefault(m.group(1), len(ids))}',
+        schema,
+    )
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for name, payload in [("schema.json", schema.encode())] + [
+            (names[old], source.read(old)) for old in order
+        ]:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            target.writestr(info, payload)
+    return out.getvalue()
+
+
+def save_baselines(fitted: dict, folder: Path) -> str:
+    """Write the fitted estimators as one skops file; return its md5."""
+    import skops.io as sio
+
+    data = _canonical_zip(sio.dumps(fitted))
+    with atomic_path(folder / FILE) as tmp:
+        tmp.write_bytes(data)
+    return hashlib.md5(data).hexdigest()
+
+
+def load_baselines(folder: Path) -> dict:
+    """Load with skops, trusting only scikit-learn / numpy types (checked before loading)."""
+    import skops.io as sio
+
+    path = folder / FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; run `dvc repro` (stage baselines@...) first")
+    data = path.read_bytes()
+    untrusted = sio.get_untrusted_types(data=data)
+    unexpected = [t for t in untrusted if not t.startswith(("sklearn.", "numpy."))]
+    if unexpected:
+        raise CheckpointError(f"{path}: holds types outside scikit-learn/numpy: {unexpected}")
+    return sio.loads(data, trusted=untrusted)
+
+
+def write_selection(selected: list[Selected], folder: Path, val_file: Path) -> None:
+    """selection.json (what evaluate loads) and the validation metrics of every estimator."""
+    write_json(
+        folder / "selection.json",
+        {
+            s.name: {"hyperparameter": s.hyperparameter, "value": s.value, "grid": s.grid}
+            for s in selected
+        },
+    )
+    # Metrics hold what a user compares: the chosen value and its validation scores.
+    write_json(val_file, {s.name: {"val": s.val, s.hyperparameter: s.value} for s in selected})
+
+
+def evaluate_baselines(folder: Path, test: dict, task: str, meta: dict) -> dict[str, dict]:
+    """The one test evaluation of each chosen baseline."""
+    fitted = load_baselines(folder)
+    selection = json.loads((folder / "selection.json").read_text())
+    y = torch.from_numpy(test["y"])
+    results = {}
+    for name in selection:
+        outputs = outputs_of(fitted[name], task, _flat(test["x"]))
+        metrics, _ = OBJECTIVES[task].test_report(outputs, y, meta)
+        results[name] = metrics
+    return results
+
+
+def log_baselines(
+    dataset: str,
+    identity: str,
+    metrics: dict[str, dict[str, float]],
+    tags: dict[str, str],
+    close: bool,
+    params: dict[str, dict] | None = None,
+) -> None:
+    """One MLflow run per baseline in the dataset's experiment (role ``baseline``), found
+    again by tags: the baselines stage logs its choice and val metrics, the evaluate stage
+    the test metrics and closes it. ``identity`` (the skops file's md5) ties the two."""
+    from reprolab.tracking.runs import TAG_MODEL, TAG_ROLE, TAG_STUDY, Tracker
+
+    for name, values in metrics.items():
+        tracker = Tracker(dataset, name, identity)
+        query = (
+            f"tags.`{TAG_ROLE}` = 'baseline' and tags.`{TAG_MODEL}` = '{name}'"
+            f" and tags.`{TAG_STUDY}` = '{identity}'"
+        )
+        runs = tracker.client.search_runs([tracker.experiment_id], query, max_results=1)
+        if runs:
+            run_id = runs[0].info.run_id
+        else:
+            run_id = tracker.client.create_run(
+                tracker.experiment_id,
+                run_name=f"baseline {name}",
+                tags={TAG_MODEL: name, TAG_STUDY: identity, TAG_ROLE: "baseline"},
+            ).info.run_id
+        tracker.set_tags(run_id, tags)
+        tracker.log(run_id, metrics=values, params=(params or {}).get(name, {}))
+        if close:
+            tracker.end(run_id)

@@ -1,0 +1,89 @@
+"""What differs between the learning tasks: the loss, the per-epoch validation score, the
+final metrics and the test plot. The training loop (engine.fit) is the same for all.
+
+- classification: cross-entropy; accuracy; macro-F1 and a confusion matrix on test.
+- regression: the loss is RMSLE, the RMSE of log1p(prediction) against log1p(target) (the
+  housing-price tutorial's loss): the network outputs log1p(y) (its output layer is scaled by
+  the train split's log1p statistics), so ``expm1`` of the output is the prediction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from reprolab.learn.metrics import (
+    classification_metrics,
+    confusion_rows,
+    regression_metrics,
+)
+
+
+class Classification:
+    name = "classification"
+    score = "accuracy"  # the validation score logged beside the loss each epoch
+    test_plot = "confusion"  # plots/<test_plot>/<model>.csv, dvc's confusion template
+
+    def n_outputs(self, meta: dict) -> int:
+        return len(meta["classes"])
+
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs, y)
+
+    def loss_and_score(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """[loss, score] as one device tensor (read with the epoch's single sync)."""
+        accuracy = (outputs.argmax(1) == y).float().mean()
+        return torch.stack([self.loss(outputs, y), accuracy])
+
+    def metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        # float64 softmax: float32 rows may not sum to one within the metrics' tolerance.
+        probabilities = torch.softmax(outputs.double(), 1).cpu().numpy()
+        return classification_metrics(y.cpu().numpy(), probabilities)
+
+    def test_report(
+        self, outputs: torch.Tensor, y: torch.Tensor, meta: dict
+    ) -> tuple[dict, list[dict]]:
+        """Test metrics and the rows of the test plot (the confusion matrix, one row per
+        sample: its counts are not metrics a user compares across experiments)."""
+        metrics = self.metrics(outputs, y)
+        y_true, y_pred = y.cpu().numpy(), outputs.argmax(1).cpu().numpy()
+        classes = meta["classes"]
+        metrics["n_test"] = int(len(y_true))
+        return metrics, confusion_rows(y_true, y_pred, classes)
+
+
+class Regression:
+    name = "regression"
+    score = "rmsle"
+    test_plot = "predictions"  # actual vs predicted, dvc's scatter template
+
+    def n_outputs(self, meta: dict) -> int:
+        return 1
+
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(nn.functional.mse_loss(outputs[:, 0], torch.log1p(y)))
+
+    def loss_and_score(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.loss(outputs, y)
+        return torch.stack([loss, loss])  # the loss is the score (RMSLE)
+
+    def predictions(self, outputs: torch.Tensor) -> np.ndarray:
+        """Targets on their own scale: expm1 of the log1p output, never below zero."""
+        return np.clip(np.expm1(outputs[:, 0].double().cpu().numpy()), 0.0, None)
+
+    def metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return regression_metrics(y.double().cpu().numpy(), self.predictions(outputs))
+
+    def test_report(
+        self, outputs: torch.Tensor, y: torch.Tensor, meta: dict
+    ) -> tuple[dict, list[dict]]:
+        metrics = self.metrics(outputs, y) | {"n_test": int(len(y))}
+        rows = [
+            {"actual": round(float(a), 6), "predicted": round(float(p), 6)}
+            for a, p in zip(y.cpu().numpy(), self.predictions(outputs), strict=True)
+        ]
+        return metrics, rows
+
+
+OBJECTIVES = {"classification": Classification(), "regression": Regression()}

@@ -1,0 +1,1 @@
+"""Model architectures, one module each; see reprolab.core.registry and reprolab.models._base."""

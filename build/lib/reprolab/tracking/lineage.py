@@ -1,0 +1,77 @@
+"""Lineage of a run as MLflow shows it: the split files it read as dataset inputs (DVC's md5
+as the digest, the path as the source, the context train / validation / test), and the code
+diff it ran with when the checkout differs from its commit (as inside `dvc exp run`)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from collections.abc import Mapping
+
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+CONTEXTS = {"train": "train", "val": "validation", "test": "test"}
+MD5_TAG, PATH_TAG = "reprolab.data_md5.", "reprolab.data_path."
+# What a run's result depends on besides the data: a diff here is logged with the run.
+CODE = ["src", "stages", "params.yaml", "dvc.yaml", "requirements.lock"]
+
+
+def dataset_inputs(dataset: str, tags: Mapping[str, str]) -> list[DatasetInput]:
+    """One input per split named in the stage tags (``reprolab.data_md5.<split>``)."""
+    inputs = []
+    for key, md5 in sorted(tags.items()):
+        if not key.startswith(MD5_TAG):
+            continue
+        split = key.removeprefix(MD5_TAG)
+        path = tags.get(PATH_TAG + split, "")
+        entity = Dataset(
+            name=f"{dataset}-{split}",
+            digest=md5,
+            source_type="dvc",
+            source=json.dumps({"path": path, "md5": md5}, sort_keys=True),
+        )
+        context = InputTag(MLFLOW_DATASET_CONTEXT, CONTEXTS.get(split, split))
+        inputs.append(DatasetInput(entity, tags=[context]))
+    return inputs
+
+
+def log_inputs(client: MlflowClient, run_id: str, dataset: str, tags: Mapping[str, str]) -> None:
+    """Log the split inputs the run does not hold yet (stages log into one parent run)."""
+    held = {
+        (d.dataset.digest, d.dataset.name) for d in client.get_run(run_id).inputs.dataset_inputs
+    }
+    new = [
+        i for i in dataset_inputs(dataset, tags) if (i.dataset.digest, i.dataset.name) not in held
+    ]
+    if new:
+        client.log_inputs(run_id, datasets=new)
+
+
+@functools.cache
+def code_diff() -> str:
+    """`git diff HEAD` of the code and config (empty when they are as committed); once per
+    process: the checkout does not change under a running stage."""
+    try:
+        out = subprocess.run(
+            ["git", "diff", "HEAD", "--", *CODE], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
+_DIFF_LOGGED: set[str] = set()
+
+
+def log_code_diff(client: MlflowClient, run_id: str) -> None:
+    """Tag the run dirty or not and, if dirty, attach the diff: once per run and process."""
+    if run_id in _DIFF_LOGGED:
+        return
+    diff = code_diff()
+    client.set_tag(run_id, "reprolab.git_dirty", "true" if diff else "false")
+    if diff:
+        client.log_text(run_id, diff, "lineage/git.diff")
+    _DIFF_LOGGED.add(run_id)

@@ -1,0 +1,63 @@
+"""Plain files logged beside an MLflow model (``log_model(extra_files=[...])``), fetched
+without loading the model: nothing of the version is unpickled or imported.
+
+MLflow copies each extra file to ``<model>/extra_files/<name>`` and lists it in the flavour's
+``extra_files`` entry of MLmodel (read with yaml.safe_load by ``get_model_info``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from reprolab.core.errors import CheckpointError
+
+EXTRA_DIR = "extra_files"
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def download_extra_files(uri: str, names: Iterable[str], dest: Path) -> None:
+    """Download ``extra_files/<name>`` of the model at ``uri`` into ``dest/<name>`` for each
+    name. A model without them (a pickled module, a pyfunc loader module, a version logged
+    before they were) raises CheckpointError saying so."""
+    import mlflow
+
+    from reprolab.tracking.runs import open_store
+
+    open_store()  # a moved workspace's versions read from its own mlartifacts/
+    try:
+        info = mlflow.models.get_model_info(uri)  # the MLmodel file alone
+    except Exception as err:  # MlflowException, OSError: unknown name, alias or path
+        raise CheckpointError(
+            f"{uri}: cannot find this MLflow model ({_first_line(err)})"
+        ) from None
+    wanted = {f"{EXTRA_DIR}/{name}" for name in names}
+    listed = {
+        str(entry.get("path")) if isinstance(entry, dict) else ""
+        for flavor in info.flavors.values()
+        if isinstance(flavor, dict)
+        for entry in flavor.get(EXTRA_DIR) or []
+    }
+    if not wanted <= listed:
+        raise CheckpointError(
+            f"{uri}: this version carries no state dict ({' + '.join(sorted(wanted))}), only "
+            f"flavours ({', '.join(sorted(info.flavors)) or 'none'}) whose loading would run "
+            "code shipped with it, which reprolab never does; register it again with "
+            "`dvc repro train@<model>`, or predict from its DVC folder (--model models/<model>)"
+        )
+    for path in sorted(wanted):
+        fetched = dest / "download"
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{uri.rstrip('/')}/{path}", dst_path=str(fetched)
+            )
+        except Exception as err:  # MlflowException, OSError
+            raise CheckpointError(f"{uri}: cannot download {path} ({_first_line(err)})") from None
+        found = [p for p in fetched.rglob(Path(path).name) if p.is_file() and not p.is_symlink()]
+        if len(found) != 1:
+            raise CheckpointError(f"{uri}: {path} did not download as one plain file")
+        found[0].replace(dest / Path(path).name)

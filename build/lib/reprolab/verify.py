@@ -1,0 +1,163 @@
+"""`reprolab verify [STAGE...]`: rerun stages in a scratch copy from the inputs dvc.lock
+records, and compare every output's md5 with the one dvc.lock records.
+
+The workspace is never written: each stage's deps (which `dvc status` must find unchanged)
+are copied from the workspace into a scratch folder, the stage's locked command runs there,
+and its outputs are hashed the way DVC hashes them (a folder: md5 of its sorted file list).
+Optuna studies go to a scratch storage (so trials really rerun), MLflow runs to the
+experiment ``reprolab-<dataset>-verify``, and no model version or alias is registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from reprolab.core.checkout import copy_sources
+from reprolab.core.errors import ReprolabError
+from reprolab.core.io import md5_file
+from reprolab.tracking.runs import VERIFY_ENV, tracking_uri
+
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+@dataclass
+class Outcome:
+    stage: str
+    output: str
+    status: str  # identical | differs | missing | stale
+    detail: str = ""
+
+
+def dir_md5(folder: Path) -> str:
+    """DVC's hash of a folder output: md5 of the JSON list of its files' md5s and paths."""
+    entries = [
+        {"md5": md5_file(p), "relpath": p.relative_to(folder).as_posix()}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    ]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def output_md5(path: Path) -> str | None:
+    if path.is_dir():
+        return dir_md5(path)
+    return md5_file(path) if path.is_file() else None
+
+
+def largest_difference(old: object, new: object) -> float | None:
+    """The largest absolute difference between the numbers of two JSON values of the same
+    shape (None when their shapes differ)."""
+    if isinstance(old, bool) or isinstance(new, bool):
+        return 0.0 if old == new else None
+    if isinstance(old, int | float) and isinstance(new, int | float):
+        if math.isnan(old) and math.isnan(new):
+            return 0.0
+        return abs(float(old) - float(new))
+    if isinstance(old, dict) and isinstance(new, dict) and old.keys() == new.keys():
+        parts = [largest_difference(old[k], new[k]) for k in old]
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        parts = [largest_difference(a, b) for a, b in zip(old, new, strict=True)]
+    else:
+        return 0.0 if old == new else None
+    return None if None in parts else max(parts, default=0.0)
+
+
+def stale_stages(root: Path, stages: list[str]) -> dict[str, str]:
+    """Stages whose deps or params in the workspace differ from dvc.lock (`dvc status`):
+    their recorded inputs are not here to rerun from."""
+    out = subprocess.run(
+        ["dvc", "status", "--json", *stages], cwd=root, capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        raise ReprolabError(f"`dvc status` failed in {root}: {out.stderr.strip()[-300:]}")
+    stale = {}
+    for stage, changes in json.loads(out.stdout or "{}").items():
+        for change in changes:
+            if isinstance(change, dict) and ({"changed deps", "changed params"} & change.keys()):
+                stale[stage] = "its inputs changed since dvc.lock; run `dvc repro` first"
+            elif change in ("changed command", "always changed"):
+                stale[stage] = f"{change}; run `dvc repro` first"
+    return stale
+
+
+def _copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    if src.is_dir():
+        shutil.copytree(src, dest, ignore=IGNORED)
+    else:
+        shutil.copy2(src, dest)
+
+
+def verify(root: Path, names: list[str] | None = None) -> list[Outcome]:
+    lock_path = root / "dvc.lock"
+    if not lock_path.is_file():
+        raise ReprolabError(f"{lock_path}: not found; run `dvc repro` to record the results")
+    locked = yaml.safe_load(lock_path.read_text())["stages"]
+    unknown = [n for n in names or [] if n not in locked]
+    if unknown:
+        raise ReprolabError(
+            f"not in dvc.lock: {', '.join(unknown)}; stages there: {', '.join(locked)}"
+        )
+    chosen = names or list(locked)
+    stale = stale_stages(root, chosen)
+    outcomes: list[Outcome] = []
+    with tempfile.TemporaryDirectory(prefix="reprolab-verify-") as tmp:
+        scratch = Path(tmp) / "repo"
+        scratch.mkdir()
+        copy_sources(root, scratch)
+        env = {
+            **os.environ,
+            "DVC_ROOT": str(scratch),
+            VERIFY_ENV: "1",
+            "MLFLOW_TRACKING_URI": tracking_uri(),
+            "REPROLAB_OPTUNA_STORAGE": f"sqlite:///{Path(tmp) / 'studies.db'}",
+        }
+        for name in chosen:
+            stage = locked[name]
+            if name in stale:
+                outcomes += [Outcome(name, o["path"], "stale", stale[name]) for o in stage["outs"]]
+                continue
+            for dep in stage.get("deps", []):
+                _copy(root / dep["path"], scratch / dep["path"])
+            for out in stage["outs"]:  # a stage starts without its outputs, as under DVC
+                target = scratch / out["path"]
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            run = subprocess.run(
+                stage["cmd"], shell=True, cwd=scratch, env=env, capture_output=True, text=True
+            )
+            if run.returncode != 0:
+                tail = (run.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise ReprolabError(f"{name}: `{stage['cmd']}` failed in the scratch copy: {tail}")
+            outcomes += [_compare(name, out, root, scratch) for out in stage["outs"]]
+    return outcomes
+
+
+def _compare(stage: str, out: dict, root: Path, scratch: Path) -> Outcome:
+    path = out["path"]
+    fresh = output_md5(scratch / path)
+    if fresh is None:
+        return Outcome(stage, path, "missing", "the rerun did not write it")
+    if fresh == out["md5"]:
+        return Outcome(stage, path, "identical")
+    detail = f"md5 {fresh}, dvc.lock {out['md5']}"
+    recorded = root / path
+    # The recorded JSON is the workspace's file when its md5 is dvc.lock's.
+    if path.endswith(".json") and recorded.is_file() and md5_file(recorded) == out["md5"]:
+        diff = largest_difference(
+            json.loads(recorded.read_text()), json.loads((scratch / path).read_text())
+        )
+        detail += "; other keys or shape" if diff is None else f"; largest difference {diff:.3g}"
+    return Outcome(stage, path, "differs", detail)
