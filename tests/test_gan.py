@@ -229,3 +229,17 @@ def test_generators_in_params_are_checked() -> None:
     as_model = {**raw, "classifiers": {**raw["classifiers"], "g": {"arch": "dcgan"}}}
     with pytest.raises(ParamsError, match="classifiers.g.arch: 'dcgan' is a generative"):
         validate_params(as_model)
+
+
+def test_restore_last_keeps_the_last_epochs_generator(one_thread) -> None:
+    """``train.restore: last`` in the GAN loop: the generator kept is the last epoch's."""
+    train, val = bars(128, 0), bars(64, 1)
+    scorer = pixel_scorer(val)
+    model = gan((1, 8, 8), ngf=8, ndf=8)
+    noise = validation_noise(scorer.n_real, model.latent, seed=0)
+    common = dict(lr=1e-2, weight_decay=0.0, beta1=0.5, batch_size=32, seed=0, pixel_max=16.0)
+    result = fit_gan(model, train, scorer, epochs=3, restore="last", **common)
+    kept = result.kept("last")
+    assert result.best_epoch < len(result.history)  # else this could not tell them apart
+    assert kept == result.history[-1]
+    assert scorer.score(generate(model, noise, 16.0)) == pytest.approx(kept["val_fid"])

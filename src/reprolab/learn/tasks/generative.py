@@ -144,8 +144,9 @@ def gan_trial_fitter(ctx: GanContext) -> TrialFit:
 
 
 def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
-    """Train with the tuned lr and weight decay, keep the best epoch by validation FID; write
-    the model, curves and val metrics; log and register the generator in MLflow."""
+    """Train with the tuned lr and weight decay, keep the best epoch by validation FID (or the
+    last, ``train.restore: last``); write the model, curves and val metrics; log and register
+    the generator in MLflow."""
     spec = ctx.spec
     train_x, val_x = ctx.load("train").x, ctx.load("val").x
     scorer = ctx.scorer(val_x)
@@ -189,7 +190,9 @@ def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
     write_tsv(paths.PLOTS / "fid" / f"{ctx.name}.tsv", fid)
     metrics = {"val": val_metrics, "train": run_record}
     write_json(paths.METRICS / ctx.name / "train.json", metrics)
-    _log_generator(ctx, model, best, tags, result.history, about, weights_md5, train_seconds)
+    _log_generator(
+        ctx, model, best, tags, result.history, kept_fid, about, weights_md5, train_seconds
+    )
     return metrics
 
 
@@ -197,15 +200,15 @@ def _without(row: dict, key: str) -> dict:
     return {k: v for k, v in row.items() if k != key}
 
 
-def _log_generator(ctx, model, best, tags, history, about, weights_md5, train_seconds):
-    """The final epochs, val FID and the generator (noise -> raw pixel images), registered."""
-    best_row = min(history, key=lambda r: r["val_fid"])
+def _log_generator(ctx, model, best, tags, history, kept_fid, about, weights_md5, train_seconds):
+    """The final epochs, the kept epoch's val FID and the generator (noise -> raw pixel
+    images), registered."""
     log_final_model(
         ctx,
         best,
         tags,
         history=history,
-        logged={"val_fid": best_row["val_fid"], "train_seconds": train_seconds},
+        logged={"val_fid": kept_fid, "train_seconds": train_seconds},
         served=sampler(model.to("cpu"), about["pixel_max"]).eval(),
         example=fixed_noise(4, model.latent, ctx.params.seed).numpy(),
         about=about,
