@@ -31,7 +31,8 @@ def noop_seconds(repo: Path, pure: bool) -> float:
         text=True,
     )
     seconds = time.perf_counter() - started
-    if result.returncode != 0 or "didn't change" not in result.stdout + result.stderr:
+    output = result.stdout + result.stderr
+    if result.returncode != 0 or "Running stage" in output or "didn't change" not in output:
         sys.exit(f"`dvc repro` in {repo} was not a no-op:\n{result.stdout[-2000:]}")
     return seconds
 

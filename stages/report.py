@@ -9,7 +9,7 @@ from reprolab.core.stage import run_stage
 def main(params, args) -> None:
     from reprolab.report.leaderboard import champion_candidates, champion_weights_md5
     from reprolab.report.render import write_report
-    from reprolab.tracking.models import champion_refused, promote_champion
+    from reprolab.tracking.champion import champion_refused, promote_champion
 
     refused = champion_refused()
     for section, rows in write_report(params):

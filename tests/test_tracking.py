@@ -17,8 +17,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from reprolab.tracking.champion import promote_champion
 from reprolab.tracking.lineage import code_diff
-from reprolab.tracking.models import VERSION_TAG, log_final_model, promote_champion
+from reprolab.tracking.models import VERSION_TAG, log_final_model
 from reprolab.tracking.runs import Tracker, experiment_name
 from reprolab.tracking.store import repair_moved_store
 
@@ -174,51 +175,82 @@ def test_the_same_weights_map_to_one_registered_version(
     assert promote_champion("toy", "mlp", other, ["mlp"]) == (f"models:/{NAME}/2", None)
 
 
-def _commit(folder: Path, message: str) -> str:
-    """A commit in ``folder``'s git repository (created if need be); returns its sha."""
+def _commit(folder: Path, message: str, file: str = "notes.txt", text: str = "") -> str:
+    """A commit of ``file`` in ``folder``'s git repository (created if need be); its sha."""
     git = ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t"]
     if not (folder / ".git").exists():
         subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
-    (folder / "notes.txt").write_text(message)
-    subprocess.run([*git, "add", "notes.txt"], check=True)
+    (folder / file).write_text(text or message)
+    subprocess.run([*git, "add", file], check=True)
     subprocess.run([*git, "commit", "-q", "-m", message], check=True)
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
     return head.stdout.strip()
 
 
-def test_champion_only_moves_forward_in_git_history_on_a_shared_server(
+def _made_elsewhere(version: str, sha: str, dirty: bool = False) -> None:
+    """Version ``version`` as another workspace sharing the server registered it, holding
+    the alias."""
+    client = MlflowClient()
+    for key, value in {
+        "workspace": "other-host:/work/clone",
+        "git_sha": sha,
+        "git_dirty": str(dirty).lower(),
+    }.items():
+        client.set_model_version_tag(NAME, version, key, value)
+    client.set_registered_model_alias(NAME, "champion", version)
+
+
+def _champion() -> str:
+    return str(MlflowClient().get_model_version_by_alias(NAME, "champion").version)
+
+
+def test_champion_only_moves_forward_on_a_shared_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two workspaces sharing one tracking server: the alias goes to a descendant commit's
-    result, never back to an older commit's or across to a diverged branch's."""
+    """Workspaces sharing one tracking server: a workspace moves the alias off its own earlier
+    result, a result committed in its history, or a clean result of an older commit; never
+    off another workspace's newer, diverged, unfetched or uncommitted result."""
     _workspace(tmp_path, monkeypatch)
     old = _commit(tmp_path, "old")
-    mine_old = _log(seed=1, sha=old)
-    assert promote_champion("toy", "mlp", mine_old, ["mlp"]) == (f"models:/{NAME}/1", None)
-    new = _commit(tmp_path, "new")  # the same workspace, a commit later: forward
-    mine_new = _log(seed=2, sha=new)
-    assert promote_champion("toy", "mlp", mine_new, ["mlp"]) == (f"models:/{NAME}/2", None)
+    assert promote_champion("toy", "mlp", _log(seed=1, sha=old), ["mlp"])[1] is None
+    new = _commit(tmp_path, "new")
+    mine = _log(seed=2, sha=new)  # v2: this workspace's result
+    assert promote_champion("toy", "mlp", mine, ["mlp"]) == (f"models:/{NAME}/2", None)
 
-    # Another clone's result from a commit this one does not have takes the alias...
-    theirs = _log(seed=3, sha="f" * 40)
-    MlflowClient().set_registered_model_alias(NAME, "champion", "3")
-    uri, held = promote_champion("toy", "mlp", mine_new, ["mlp"])
-    assert uri == f"models:/{NAME}/2"
-    assert held.startswith(f"champion stays on models:/{NAME}/3: it is the result of commit fff")
-    assert "which this clone does not have" in held and "git pull" in held
-    champion = MlflowClient().get_model_version_by_alias(NAME, "champion")
-    assert champion.tags["weights_md5"] == theirs
-    # ...and so does this clone's newer commit from a diverged branch of it.
-    MlflowClient().set_registered_model_alias(NAME, "champion", "2")
+    def held_from(version: str, where: str = "other-host:/work/clone") -> str:
+        uri, held = promote_champion("toy", "mlp", mine, ["mlp"])
+        assert uri == f"models:/{NAME}/2" and _champion() == version, held
+        assert held.startswith(f"champion stays on models:/{NAME}/{version}: "), held
+        assert f"made in {where};" in held and "git pull" in held, held
+        return held
+
+    # Another clone's result of a commit this clone has not fetched.
+    _log(seed=3)
+    _made_elsewhere("3", sha="f" * 40)
+    assert "which this clone does not have" in held_from("3")
+    # Another clone's uncommitted result made from this same commit (the clone then commits
+    # and pushes it): held until this clone has that commit, whose dvc.lock holds the weights.
+    theirs = _log(seed=4)
+    _made_elsewhere("4", sha=new, dirty=True)
+    assert "another workspace's result of this commit" in held_from("4")
+    _commit(tmp_path, "their result, pulled", "dvc.lock", f"outs:\n- md5: {theirs}\n")
+    assert promote_champion("toy", "mlp", mine, ["mlp"]) == (f"models:/{NAME}/2", None)
+    # A clean result of an older commit moves on; an uncommitted one of it does not.
+    _log(seed=5)
+    _made_elsewhere("5", sha=old)
+    assert promote_champion("toy", "mlp", mine, ["mlp"])[1] is None and _champion() == "2"
+    _made_elsewhere("5", sha=old, dirty=True)
+    assert "an uncommitted result of commit" in held_from("5")
+    # On a branch diverged from the holder's commit: held.
+    _made_elsewhere("5", sha=new)
     subprocess.run(["git", "-C", str(tmp_path), "checkout", "-q", "-b", "side", old], check=True)
-    side = _commit(tmp_path, "side")
-    uri, held = promote_champion("toy", "mlp", _log(seed=4, sha=side), ["mlp"])
-    assert uri == f"models:/{NAME}/4" and "not an ancestor of HEAD" in held
-    # Back on the branch whose commit is newest: forward again, the alias moves.
-    MlflowClient().set_registered_model_alias(NAME, "champion", "1")
+    _commit(tmp_path, "side")
+    assert "not an ancestor of HEAD" in held_from("5")
+    # A version registered before versions said where they were made: by commit alone.
+    MlflowClient().delete_model_version_tag(NAME, "5", "workspace")
+    assert "not an ancestor of HEAD" in held_from("5", where="another workspace")
     subprocess.run(["git", "-C", str(tmp_path), "checkout", "-q", "main"], check=True)
-    assert promote_champion("toy", "mlp", mine_new, ["mlp"]) == (f"models:/{NAME}/2", None)
-    assert str(MlflowClient().get_model_version_by_alias(NAME, "champion").version) == "2"
+    assert promote_champion("toy", "mlp", mine, ["mlp"])[1] is None and _champion() == "2"
 
 
 def test_parent_runs_are_named_after_the_dvc_experiment_or_the_commit(

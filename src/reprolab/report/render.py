@@ -16,7 +16,8 @@ from reprolab.report.leaderboard import (
     leaderboards,
     train_times,
 )
-from reprolab.tracking.models import CHAMPION, registered_name
+from reprolab.tracking.champion import CHAMPION
+from reprolab.tracking.models import registered_name
 
 
 def _cells(section: Section, rank: int, r: dict) -> list[str]:

@@ -1,24 +1,21 @@
 """The MLflow model registry: the final model logged with its signature, one registered
-model per dataset and model (``<dataset>-<model>``), versions tagged with what made them, and
-the ``champion`` alias."""
+model per dataset and model (``<dataset>-<model>``), versions tagged with what made them
+(the ``champion`` alias: tracking.champion)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import subprocess
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from reprolab.core.paths import MODEL_FILE, SPEC_FILE, workspace_root
-from reprolab.tracking.runs import Tracker, git_sha, open_store, store_lock, verifying
+from reprolab.core.paths import MODEL_FILE, SPEC_FILE
+from reprolab.tracking.lineage import code_diff
+from reprolab.tracking.runs import Tracker, store_lock, verifying, workspace_id
 
-CHAMPION = "champion"
 # On a parent run: the registered version (``models:/<name>/<version>``) its weights are,
 # whether this run registered it or an earlier run with the same weights did.
 VERSION_TAG = "reprolab.model_version"
@@ -84,6 +81,9 @@ def log_final_model(
                 "params_hash": params_hash({"model": ctx.spec.model_dump(mode="json"), **best}),
                 "device": ctx.device.type,
                 "weights_md5": weights_md5,
+                # Where and from what the result was made (tracking.champion reads them).
+                "workspace": workspace_id(),
+                "git_dirty": "true" if code_diff() else "false",
                 **(version_tags or {}),
             }
             for key, value in all_tags.items():
@@ -123,76 +123,3 @@ def registered_version(client: MlflowClient, name: str, weights_md5: str) -> str
         return None
     matching = [int(v.version) for v in versions if v.tags.get("weights_md5") == weights_md5]
     return str(max(matching)) if matching else None
-
-
-def champion_refused() -> str | None:
-    """Why this run may not move ``champion`` (None: it may). The champion is the workspace's
-    result: a `dvc exp run --temp` or queued experiment runs in a copy (its cwd is not the
-    workspace root DVC_ROOT names) and is never applied to the workspace by itself."""
-    if verifying():
-        return "a `reprolab verify` rerun"
-    if Path.cwd().resolve() != workspace_root():
-        return f"a temp or queued experiment (runs in {Path.cwd()}, not the workspace)"
-    return None
-
-
-def _held_by_a_newer_commit(holder: Any, head: str) -> str | None:
-    """Why the champion ``holder`` (a model version) must stay (None: this workspace may move
-    it). Workspaces sharing one tracking server each move the alias to their committed result;
-    the alias only goes forward in git history, so that an older or diverged clone never takes
-    it from a newer one. Unordered (a version or a workspace outside git): it may move."""
-    theirs = holder.tags.get("git_sha", "unknown")
-    if "unknown" in (theirs, head) or theirs == head:
-        return None
-    try:
-        ancestor = subprocess.run(
-            ["git", "merge-base", "--is-ancestor", theirs, head], capture_output=True, timeout=30
-        ).returncode
-    except (OSError, subprocess.SubprocessError):
-        ancestor = 128
-    if ancestor == 0:
-        return None
-    where = "which this clone does not have" if ancestor != 1 else "not an ancestor of HEAD"
-    return (
-        f"champion stays on models:/{holder.name}/{holder.version}: it is the result of commit "
-        f"{theirs[:12]}, {where} ({head[:12]}); `git pull` and rerun `dvc repro report`, or "
-        "move the alias by hand in the MLflow UI"
-    )
-
-
-def promote_champion(
-    dataset: str, best: str, weights_md5: str, models: Iterable[str]
-) -> tuple[str | None, str | None]:
-    """Alias ``champion`` the registered version of ``best`` whose weights are ``weights_md5``
-    (the model.pt that DVC tracks), and take the alias off the other models of the dataset;
-    unless the alias is on a version of a commit this HEAD does not descend from (another
-    workspace's newer or diverged result on a shared server).
-
-    Returns (the version's ``models:/`` URI, why the alias stayed where it is). The URI is None
-    when the store holds no such version (a fresh clone whose MLflow store never saw that
-    training run).
-    """
-    open_store()
-    client = MlflowClient()
-    name = registered_name(dataset, best)
-    names = [registered_name(dataset, m) for m in models]
-    with store_lock():
-        version = registered_version(client, name, weights_md5)
-        if version is None:
-            return None, None
-        for other_name in names:
-            with contextlib.suppress(mlflow.exceptions.MlflowException):  # none: fine
-                holder = client.get_model_version_by_alias(other_name, CHAMPION)
-                if (holder.name, str(holder.version)) == (name, version):
-                    continue
-                held = _held_by_a_newer_commit(holder, git_sha())
-                if held:
-                    return f"models:/{name}/{version}", held
-        client.set_registered_model_alias(name, CHAMPION, version)
-        for other_name in names:
-            if other_name == name:
-                continue
-            # Not registered, or without the alias: nothing to take off.
-            with contextlib.suppress(mlflow.exceptions.MlflowException):
-                client.delete_registered_model_alias(other_name, CHAMPION)
-    return f"models:/{name}/{version}", None

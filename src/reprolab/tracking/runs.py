@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -67,6 +68,11 @@ def store_lock() -> contextlib.AbstractContextManager:
     if uri.startswith("sqlite:///"):
         return file_lock(uri.removeprefix("sqlite:///") + ".lock")
     return contextlib.nullcontext()
+
+
+def workspace_id() -> str:
+    """Where a result is made: this host and the workspace folder (a model version's tag)."""
+    return f"{socket.gethostname()}:{workspace_root()}"
 
 
 def git_sha() -> str:
