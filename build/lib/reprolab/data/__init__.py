@@ -1,1 +1,0 @@
-"""Datasets: the source registry (``sources/``), the split, and tensor loading."""

@@ -1,1 +1,0 @@
-"""Model architectures, one module each; see reprolab.core.registry and reprolab.models._base."""
