@@ -53,6 +53,7 @@ def test_early_stopping_restores_the_best_epoch() -> None:
     assert result.best_epoch == 1 + losses.index(min(losses))
     assert len(result.history) < 40, "noisy blobs with a high lr should stop early"
     assert len(result.history) == result.best_epoch + params.patience
+    assert result.kept_epoch == result.best_epoch
     restored_loss, _ = evaluate_loss(model, blobs(96, 2))
     assert restored_loss == pytest.approx(result.best_value, rel=1e-6)
 
@@ -67,8 +68,9 @@ def test_restore_last_keeps_the_last_epochs_weights() -> None:
     kept_loss, _ = evaluate_loss(model, blobs(96, 2))
     assert kept_loss == pytest.approx(losses[-1], rel=1e-6)
     assert kept_loss > result.best_value
-    assert result.kept("last") == result.history[-1]
-    assert result.kept("best")["val_loss"] == result.best_value
+    assert result.kept == result.history[-1]
+    assert result.kept_epoch == len(result.history)
+    assert result.history[result.best_epoch - 1]["val_loss"] == result.best_value
 
 
 def test_same_seed_same_history() -> None:

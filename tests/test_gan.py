@@ -239,7 +239,7 @@ def test_restore_last_keeps_the_last_epochs_generator(one_thread) -> None:
     noise = validation_noise(scorer.n_real, model.latent, seed=0)
     common = dict(lr=1e-2, weight_decay=0.0, beta1=0.5, batch_size=32, seed=0, pixel_max=16.0)
     result = fit_gan(model, train, scorer, epochs=3, restore="last", **common)
-    kept = result.kept("last")
+    kept = result.kept
     assert result.best_epoch < len(result.history)  # else this could not tell them apart
     assert kept == result.history[-1]
     assert scorer.score(generate(model, noise, 16.0)) == pytest.approx(kept["val_fid"])

@@ -27,7 +27,13 @@ TRIALS = "trial\tstate\tvalue\tlr\tweight_decay\tepochs\n" + "".join(
 def _fake_regressor(name: str, val_rmsle: float) -> None:
     train = {
         "val": {"rmsle": val_rmsle, "rmse": 50.0, "r2": 0.4, "loss": val_rmsle},
-        "train": {"best_epoch": 2, "epochs_run": 3, "lr": 0.01, "weight_decay": 1e-4}
+        "train": {
+            "best_epoch": 2,
+            "kept_epoch": 2,
+            "epochs_run": 3,
+            "lr": 0.01,
+            "weight_decay": 1e-4,
+        }
         | {"n_parameters": 99},
     }
     write_json(f"metrics/{name}/train.json", train)
@@ -52,7 +58,13 @@ def _fake_outputs(val_acc: dict[str, float], test_acc: dict[str, float]) -> None
     for model in val_acc:
         train = {
             "val": {"accuracy": val_acc[model], "loss": 0.3, "macro_f1": 0.9},
-            "train": {"best_epoch": 2, "epochs_run": 3, "lr": 0.01, "weight_decay": 1e-4}
+            "train": {
+                "best_epoch": 2,
+                "kept_epoch": 2,
+                "epochs_run": 3,
+                "lr": 0.01,
+                "weight_decay": 1e-4,
+            }
             | {"n_parameters": 1234},
         }
         test = {"accuracy": test_acc[model], "loss": 0.4, "macro_f1": 0.8}

@@ -28,10 +28,12 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_value: float = math.inf
+    kept_epoch: int = 0  # the epoch whose weights the model holds after run_epochs
 
-    def kept(self, restore: str) -> dict[str, float]:
+    @property
+    def kept(self) -> dict[str, float]:
         """The row of the epoch whose weights the model holds after ``run_epochs``."""
-        return self.history[(self.best_epoch if restore == "best" else len(self.history)) - 1]
+        return self.history[self.kept_epoch - 1]
 
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -90,4 +92,5 @@ def run_epochs(
     bar.close()
     if restore == "best":
         model.load_state_dict(best_state)
+    result.kept_epoch = result.best_epoch if restore == "best" else len(result.history)
     return result

@@ -48,7 +48,7 @@ def _header(section: Section) -> list[str]:
         "lr",
         "weight decay",
         "params",
-        "best epoch / epochs",
+        "epoch kept / run",
         "parameters",
     ]
 

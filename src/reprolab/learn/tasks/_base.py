@@ -48,10 +48,12 @@ class Task(ABC):
 
 
 def describe_run(ctx: ModelContext, result: FitResult, best: dict, counted: nn.Module) -> dict:
-    """train.json's ``train`` block: epochs, device, thread count (float results depend on
-    it), the params trained with and the size of ``counted``."""
+    """train.json's ``train`` block: the epoch of least validation loss, the epoch whose
+    weights are kept (train.restore), epochs run, the params trained with and the size of
+    ``counted``."""
     return {
         "best_epoch": result.best_epoch,
+        "kept_epoch": result.kept_epoch,
         "epochs_run": len(result.history),
         "lr": best["lr"],
         "weight_decay": best["weight_decay"],

@@ -170,7 +170,7 @@ def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
     run_record["n_parameters_discriminator"] = sum(
         t.numel() for t in model.discriminator.parameters()
     )
-    kept_fid = result.kept(ctx.train.restore)["val_fid"]  # the epoch whose weights are saved
+    kept_fid = result.kept["val_fid"]  # the epoch whose weights are saved
     val_metrics = {"fid": round(kept_fid, 6), "n_real": scorer.n_real}
     about = {
         **ctx.environment,
