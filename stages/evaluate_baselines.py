@@ -4,20 +4,19 @@ from reprolab.core.stage import run_stage
 
 
 def main(params, args) -> None:
-    import json
-
     import numpy as np
 
     from reprolab.core import paths
     from reprolab.core.io import md5_file, write_json
     from reprolab.core.schema import BASELINE_TASK
     from reprolab.learn.baselines import FILE, evaluate_baselines, log_baselines
+    from reprolab.learn.tensors import load_meta
     from reprolab.tracking.runs import stage_tags
 
     task = BASELINE_TASK[args.kind]
     with np.load(paths.split_file(args.kind, "test")) as data:
         test = {"x": data["x"], "y": data["y"]}
-    meta = json.loads((paths.splits_dir(args.kind) / "meta.json").read_text())
+    meta = load_meta(paths.splits_dir(args.kind))
     results = evaluate_baselines(paths.MODELS / "baselines" / args.kind, test, task, meta)
     write_json(paths.METRICS / "baselines" / args.kind / "test.json", results)
     folder = paths.MODELS / "baselines" / args.kind

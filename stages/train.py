@@ -11,7 +11,9 @@ def main(params, args) -> None:
     from reprolab.tracking.runs import stage_tags
 
     task = get_task(params.task_of(args.model))
-    distributed.init_from_env(params.device)  # under torchrun (train.launcher); else no-op
+    if task.distributed:  # train.launcher torchrun: this process becomes its agent
+        distributed.relaunch(params.train.launcher)
+    distributed.init_from_env(params.device)  # a torchrun rank joins its group; else no-op
     try:
         ctx = task.context(params, args.model)
         best = read_best_params(paths.model_dir(args.model))

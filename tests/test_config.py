@@ -66,6 +66,18 @@ BAD = {
         "classifiers.lenet.optimizer",
         "adagrad",
     ),
+    # The stage starts the launcher itself, without a shell: only torchrun's own flags.
+    "a shell command as launcher": (
+        {"train": {"launcher": "touch pwned; python"}},
+        "train.launcher",
+        "touch pwned; python",
+    ),
+    "a torchrun flag naming a path": (
+        {"train": {"launcher": "torchrun --standalone --log_dir /tmp/x"}},
+        "train.launcher",
+        "--log_dir",
+    ),
+    "an unknown restore": ({"train": {"restore": "bestest"}}, "train.restore", "bestest"),
 }
 
 

@@ -147,3 +147,19 @@ def test_every_model_is_a_dvc_artifact_named_for_its_mlflow_model(tmp_path) -> N
         assert artifact.type == "model" and artifact.desc
         assert artifact.meta == {"mlflow_model": mlflow_name}
         assert artifact.labels == [group.removesuffix("s"), mlflow_name.split("-")[0]]
+
+
+def test_tune_stages_declare_what_the_study_identity_holds(stages: dict) -> None:
+    """A tune stage reruns exactly when its study's identity changes: the `train.*` keys its
+    task's trials read, `numerics` and `requirements.lock` (the packages) are declared."""
+    from reprolab.core.schema import GROUPS
+    from reprolab.learn.tasks import get_task
+
+    for group, models in _groups().items():
+        task = get_task(GROUPS[group][1])
+        for model in models:
+            s = stages[f"tune{SUFFIX[group]}@{model}"]
+            declared = {k.removeprefix("train.") for k in s["params"] if k.startswith("train.")}
+            assert declared == set(task.trial_train_keys), model
+            assert {"numerics", "threads", "seed", "tune"} <= set(s["params"])
+            assert "requirements.lock" in s["deps"]

@@ -34,7 +34,7 @@ def test_mirror_is_consulted_first_and_checked(tmp_path: Path) -> None:
         fetch_dataset("digits", raw, mirror=str(tmp_path / "mirror"))
     message = str(err.value)
     assert "digits.csv.gz" in message and digits.FILES["digits.csv.gz"] in message
-    assert "fetch it again" in message
+    assert "replace it with the original" in message and str(mirror) in message
     assert not raw.exists() and list(raw.parent.iterdir()) == []  # nothing half-written
 
     shutil.copyfile(original, mirror / "digits.csv.gz")

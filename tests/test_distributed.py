@@ -58,7 +58,7 @@ def test_torchrun_two_processes_match_the_single_process_run(
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     versions = len(client.search_model_versions("name = 'digits-mlp'"))
 
-    result = run(["dvc", "repro", "train@mlp"], repo)  # dvc.yaml runs it with the launcher
+    result = run(["dvc", "repro", "train@mlp"], repo)  # the stage starts torchrun itself
     assert stages_run(result.stdout)[-1] == "train@mlp"
     assert "torchrun --standalone --nproc_per_node 2 stages/train.py mlp" in result.stdout
     assert result.stdout.count("train@mlp: val") == 1  # rank 0 alone reports

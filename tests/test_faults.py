@@ -51,6 +51,32 @@ def test_a_tampered_model_json_is_one_error_naming_the_file(tmp_path: Path, tamp
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "content, said",
+    [
+        (None, "not found; run `dvc repro tune@mlp`"),
+        ('{"lr": 0.01, "weight', "not valid JSON"),
+        ("[0.01, 0.001]", "not an object with lr, weight_decay"),
+        ('{"lr": 0.01}', "not an object with lr, weight_decay"),
+    ],
+    ids=["missing", "truncated", "a list", "a key short"],
+)
+def test_a_bad_input_written_by_another_stage_is_one_line(
+    tmp_path: Path, content: str | None, said: str
+) -> None:
+    """best_params.json as train reads it (meta.json and the scorer's model.json go through
+    the same reader): the file, what is wrong and the stage that writes it."""
+    from reprolab.learn.checkpoints import read_best_params
+
+    folder = tmp_path / "mlp"
+    folder.mkdir()
+    if content is not None:
+        (folder / "best_params.json").write_text(content)
+    with pytest.raises(CheckpointError, match="best_params.json: " + said) as err:
+        read_best_params(folder)
+    assert "\n" not in str(err.value) and "tune@mlp" in str(err.value)
+
+
 FULL_DISK = """
 import resource, sys
 from reprolab.core.io import write_json

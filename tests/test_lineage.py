@@ -60,6 +60,24 @@ def test_runs_carry_their_split_inputs_once_and_the_code_diff(
     assert "-seed: 1" in diff and "+seed: 2" in diff
 
 
+def test_a_new_untracked_code_file_makes_the_run_dirty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new arch module git does not track yet is code the run used: dirty, and its text
+    is in the diff; an untracked file outside the code (a note) is not."""
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    _git_repo(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not code\n")
+    code_diff.cache_clear()
+    assert code_diff() == ""
+    (tmp_path / "src" / "reprolab" / "models").mkdir(parents=True)
+    (tmp_path / "src" / "reprolab" / "models" / "new_arch.py").write_text("WIDTH = 3\n")
+    code_diff.cache_clear()
+    assert "+WIDTH = 3" in code_diff() and "notes.txt" not in code_diff()
+    code_diff.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("raised", "status"),
     [("error", "FAILED"), ("interrupt", "KILLED"), ("bug", "FAILED")],

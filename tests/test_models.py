@@ -130,24 +130,47 @@ def test_resnet18_backbone_gets_a_smaller_learning_rate() -> None:
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
-def test_resnet18_loads_a_local_pth_with_rgb_filters_summed_for_grey(tmp_path) -> None:
+def test_resnet18_loads_a_local_pth_with_rgb_filters_summed_for_grey(tmp_path, monkeypatch) -> None:
     from torchvision.models import resnet18
 
+    from reprolab.learn.checkpoints import load_model, save_model
+    from reprolab.models._base import ModelSpec
+
+    (tmp_path / ".dvc").mkdir()  # the workspace root
+    (tmp_path / "models" / "pretrained").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
     torch.manual_seed(1)
     reference = resnet18(weights=None)
-    torch.save(reference.state_dict(), tmp_path / "r18.pth")
-    model = resnet({"weights": str(tmp_path / "r18.pth"), "small_stem": False}, (1, 32, 32))
+    torch.save(reference.state_dict(), tmp_path / "models" / "pretrained" / "r18.pth")
+    options = {"weights": "models/pretrained/r18.pth", "small_stem": False}
+    model = resnet(options, (1, 32, 32))
     core = model[1]
     assert torch.equal(core.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
     assert torch.allclose(core.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
     assert core(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    # A saved model is rebuilt without its initial weights: the .pth may be gone (another
+    # machine, a registry version), evaluate and predict still load it.
+    spec = ModelSpec("resnet18", options, (1, 32, 32), 10, [0.0], [1.0])
+    save_model(model, spec, tmp_path / "saved", {})
+    (tmp_path / "models" / "pretrained" / "r18.pth").unlink()
+    loaded, _ = load_model(tmp_path / "saved")
+    assert torch.equal(loaded[1].conv1.weight, core.conv1.weight)
 
 
-def test_resnet18_missing_weights_file_is_named(tmp_path) -> None:
+@pytest.mark.parametrize("where", ["missing", "absolute", "above"])
+def test_resnet18_weights_must_be_a_file_in_the_workspace(tmp_path, monkeypatch, where) -> None:
     from reprolab.core.errors import ModelBuildError
 
-    with pytest.raises(ModelBuildError, match="options.weights: file .*nope.pth"):
-        resnet({"weights": str(tmp_path / "nope.pth")})
+    (tmp_path / "ws" / ".dvc").mkdir(parents=True)
+    torch.save({}, tmp_path / "outside.pth")
+    monkeypatch.chdir(tmp_path / "ws")
+    weights, said = {
+        "missing": ("nope.pth", "file 'nope.pth' does not exist"),
+        "absolute": (str(tmp_path / "outside.pth"), "not a file path inside the workspace"),
+        "above": ("../outside.pth", "not a file path inside the workspace"),
+    }[where]
+    with pytest.raises(ModelBuildError, match=f"options.weights: .*{said}"):
+        resnet({"weights": weights})
 
 
 @pytest.mark.parametrize("arch", IMAGE_ARCHS)

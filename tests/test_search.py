@@ -34,17 +34,19 @@ def storage_at(path: Path) -> RDBStorage:
     )
 
 
-def objective(die_in_trial: int | None = None, named: bool = True):
+def objective(die_in_trial: int | None = None, local: bool = True):
     """A smooth loss over (lr, weight decay) that improves per epoch, reported like the real
     objective; with ``die_in_trial``, the process dies (no cleanup) in that trial's epoch 2.
-    ``named``: each trial records its worker (host:pid), as the real objective does."""
+    ``local=False``: the trial says it runs on another machine, whose processes this one
+    cannot check (run_budget names each trial's worker, host:pid, before it runs)."""
     started = []
 
     def run(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
         wd = trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
-        if named:
-            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        assert trial.user_attrs["worker"] == f"{socket.gethostname()}:{os.getpid()}"
+        if not local:
+            trial.set_user_attr("worker", "a-machine-elsewhere:1")
         started.append(trial.number)
         value = math.nan
         for epoch in range(1, EPOCHS + 1):
@@ -69,7 +71,7 @@ def tune(kind: str = "median", n_trials: int = 8, startup: int = 3) -> TuneParam
 
 
 def search(
-    db: Path, model: str, params: TuneParams, die_in_trial: int | None = None, named: bool = True
+    db: Path, model: str, params: TuneParams, die_in_trial: int | None = None, local: bool = True
 ) -> int:
     """The study's only worker (in order), as the tune stage with ``tune.workers: 1``."""
     storage = storage_at(db)
@@ -77,7 +79,7 @@ def search(
     study = open_study(f"study-{model}", seed, params, storage)
     claim = lambda: file_lock(db.with_suffix(".lock"))  # noqa: E731
     return run_budget(
-        study, storage, claim, seed, params, objective(die_in_trial, named), in_order=True
+        study, storage, claim, seed, params, objective(die_in_trial, local), in_order=True
     )
 
 
@@ -115,11 +117,11 @@ def test_a_worker_stops_at_the_budget_counting_earlier_trials(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    "kind, named",
+    "kind, local",
     [("median", True), ("successive_halving", True), ("hyperband", True), ("median", False)],
 )
 def test_every_pruner_resumes_a_killed_study_as_if_never_killed(
-    kind: str, named: bool, tmp_path: Path
+    kind: str, local: bool, tmp_path: Path
 ) -> None:
     """The killed worker's trial is retried first: at once when it names a dead process of
     this machine, else once its heartbeat is past the grace period (2 s here)."""
@@ -130,7 +132,7 @@ def test_every_pruner_resumes_a_killed_study_as_if_never_killed(
 
     killed = tmp_path / "killed.db"
     child = multiprocessing.get_context("fork").Process(
-        target=search, args=(killed, "mlp", params, 4, named)
+        target=search, args=(killed, "mlp", params, 4, local)
     )
     child.start()
     child.join(60)
@@ -138,10 +140,41 @@ def test_every_pruner_resumes_a_killed_study_as_if_never_killed(
     study = optuna.load_study(study_name="study-mlp", storage=f"sqlite:///{killed}")
     assert [t.state for t in study.trials].count(TrialState.RUNNING) == 1
     started = time.monotonic()
-    search(killed, "mlp", params, named=named)
+    search(killed, "mlp", params, local=local)
     waited = time.monotonic() - started
-    assert waited < 2 if named else waited >= 3, waited
+    assert waited < 2 if local else waited >= 3, waited
     assert finished(killed, "mlp") == whole
+
+
+def test_a_retried_trial_is_never_taken_for_its_dead_workers(tmp_path: Path) -> None:
+    """A retry inherits the dead worker's attributes; another worker's claim meanwhile (here
+    at the start of each trial) must find it alive, not fail it and crash its tell."""
+    import subprocess
+
+    from reprolab.tuning.storage import fail_dead_trials
+
+    db, params = tmp_path / "s.db", tune(n_trials=2)
+    storage, seed = storage_at(db), sampler_seed(42, "mlp")
+    study = open_study("study-mlp", seed, params, storage)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    storage.record_heartbeat(trial._trial_id)
+    claim = lambda: file_lock(db.with_suffix(".lock"))  # noqa: E731
+    run = objective()
+
+    def after_another_workers_claim(trial: optuna.Trial) -> float:
+        with claim():
+            assert fail_dead_trials(study) == 0
+        return run(trial)
+
+    assert run_budget(study, storage, claim, seed, params, after_another_workers_claim) == 2
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 2
+    assert states.count(TrialState.FAIL) == 1  # the dead worker's, retried once
 
 
 def test_trial_subsample_is_stratified_seeded_and_ordered() -> None:

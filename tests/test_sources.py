@@ -70,6 +70,26 @@ def test_a_wrong_checksum_names_file_and_expected_md5(tmp_path: Path) -> None:
     first = next(iter(mnist.FILES))
     assert first in str(err.value) and mnist.FILES[first] in str(err.value)
     assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
+    # The mirror's copy is named and left alone (it is the user's).
+    assert str(tmp_path / "mirror" / "mnist" / first) in str(err.value)
+    assert (tmp_path / "mirror" / "mnist" / first).is_file()
+
+
+def test_a_corrupt_download_is_dropped_from_the_cache(tmp_path: Path, monkeypatch) -> None:
+    """A download with the wrong checksum is deleted from the user cache, so the next run
+    fetches it again instead of failing on the same bytes forever."""
+    from reprolab.data import fetch
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(fetch, "CACHE", cache)
+    first = next(iter(mnist.FILES))
+    cached = cache / "mnist" / first
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"half a download")
+    monkeypatch.setattr(mnist, "locate", lambda name: cached if name == first else None)
+    with pytest.raises(DataError, match="is deleted: rerun to fetch it again") as err:
+        fetch_dataset("mnist", tmp_path / "raw" / "mnist")
+    assert str(cached) in str(err.value) and not cached.exists()
 
 
 def test_a_missing_mirror_folder_is_named(tmp_path: Path) -> None:

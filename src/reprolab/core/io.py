@@ -60,6 +60,27 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_json(
+    path: Path, stage: str, keys: tuple[str, ...] = (), fault: type[Exception] | None = None
+) -> dict:
+    """A JSON object a stage wrote, holding ``keys``: missing, edited into something else or
+    truncated, it is one line naming the file and the stage that writes it (a ReprolabError,
+    ``fault`` or CheckpointError), not a traceback."""
+    from reprolab.core.errors import CheckpointError
+
+    error = fault or CheckpointError
+    if not path.is_file():
+        raise error(f"{path}: not found; run `dvc repro {stage}` (or `dvc pull`) first")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise error(f"{path}: not valid JSON ({err}); rerun `dvc repro -f {stage}`") from None
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        wanted = f"an object with {', '.join(keys)}" if keys else "an object"
+        raise error(f"{path}: not {wanted}; rerun `dvc repro -f {stage}`")
+    return data
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

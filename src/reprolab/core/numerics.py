@@ -82,6 +82,24 @@ def apply(mode: str) -> None:
     os.environ.update(PORTABLE_ENV)
 
 
+#: The thread pools under numpy, scipy and scikit-learn (OpenBLAS, MKL, OpenMP): their sums
+#: split by thread count like torch's, and OpenBLAS would take every core of the machine.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def pin_threads(threads: int) -> None:
+    """Give the BLAS and OpenMP pools under numpy and scikit-learn ``threads`` threads (the
+    ``threads`` param; torch's own pool is set by learn.device.seed_everything), so a
+    baseline's bytes do not change with the machine's core count. Like :func:`apply`, it
+    overrides the user's environment and must run before numpy loads its BLAS; where numpy
+    is already loaded, threadpoolctl sets the live pools too."""
+    os.environ.update({name: str(threads) for name in THREAD_ENV})
+    if "numpy" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)
+
+
 def machine_supports_portable() -> bool:
     """True if this is an x86-64 CPU with AVX2 (the precondition of the portable promise)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -131,7 +149,19 @@ class PinMismatchError(ReprolabError):
     """An installed package differs from its pin in requirements.lock."""
 
 
-PINNED = ("torch", "torchvision", "numpy", "scikit-learn")
+# What decides the bytes of an output: kernels and BLAS, the sampler, the FID and baseline
+# solvers, image decoding and the report's PNGs, the baselines' file format.
+PINNED = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "optuna",
+    "pillow",
+    "matplotlib",
+    "skops",
+)
 
 
 def check_pins(lock_file: str | os.PathLike[str] = "requirements.lock") -> None:

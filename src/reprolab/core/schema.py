@@ -8,12 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from reprolab.core import registry
 from reprolab.core.errors import ParamsError
@@ -21,6 +16,7 @@ from reprolab.core.specs import (
     Count,
     Fraction,
     GeneratorSpec,
+    Launcher,
     ModelSpec,
     PositiveInt,
     Seed,
@@ -133,9 +129,9 @@ class TrainParams(_Strict):
     # torch.compile the model for training; opt-in (compile time is paid on every run).
     compile: bool = False
     augment: AugmentParams = AugmentParams()
-    # The command dvc.yaml runs stages/train.py with: python, or torchrun for several
+    # How the train stage runs: python (this process), or torchrun's flags for several
     # processes (DistributedDataParallel), e.g. "torchrun --standalone --nproc_per_node 2".
-    launcher: str = "python"
+    launcher: Launcher = "python"
 
 
 class DatasetsParams(_Strict):
@@ -199,7 +195,8 @@ class Params(_Strict):
     # A folder or URL prefix holding original dataset files, consulted before the source.
     mirror: str | None = None
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    # torch intra-op threads; float results depend on it, so it is a param, not a guess.
+    # CPU threads (torch's and the BLAS under numpy and scikit-learn); float results depend
+    # on it, so it is a param, not a guess.
     threads: PositiveInt = 2
     # portable: CPU kernels capped to AVX2, so results are bit-identical on every x86-64
     # machine with AVX2 (core.numerics); native: the fastest kernels of this CPU.

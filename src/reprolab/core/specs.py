@@ -3,9 +3,10 @@ the strict base every params block derives from."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from reprolab.core import registry
 
@@ -21,6 +22,37 @@ Count = Annotated[int, Field(ge=0, strict=True)]
 # numpy seeds its generators with 32 bits; the pipeline derives a few seeds above it (+1, +2).
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+# torchrun's process and rendezvous flags: the train stage starts torch.distributed.run with
+# them itself, without a shell; nothing that names a file, a program or a shell word.
+TORCHRUN_FLAGS = {
+    "standalone", "nnodes", "nproc_per_node", "node_rank", "rdzv_backend", "rdzv_endpoint",
+    "rdzv_id", "master_addr", "master_port", "max_restarts", "monitor_interval",
+}  # fmt: skip
+_FLAG = re.compile(r"--([a-z_-]+)(?:=([A-Za-z0-9_.:-]+))?")
+_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def _word_ok(word: str) -> bool:
+    if not word.startswith("-"):
+        return bool(_VALUE.fullmatch(word))
+    flag = _FLAG.fullmatch(word)
+    return bool(flag) and flag[1].replace("-", "_") in TORCHRUN_FLAGS
+
+
+def _launcher(value: str) -> str:
+    words = value.split()
+    torchrun = words[:1] == ["torchrun"] and words[1:2] != [] and words[1].startswith("--")
+    if words == ["python"] or (torchrun and all(map(_word_ok, words[1:]))):
+        return " ".join(words)
+    raise ValueError(
+        "must be python, or torchrun with its process and rendezvous flags ("
+        + ", ".join(f"--{f}" for f in sorted(TORCHRUN_FLAGS))
+        + "), e.g. 'torchrun --standalone --nproc_per_node 2'"
+    )
+
+
+Launcher = Annotated[str, AfterValidator(_launcher)]
 
 
 class Budget(_Strict):

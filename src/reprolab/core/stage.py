@@ -49,6 +49,8 @@ def run_stage(
         where = f"{err.filename}: " if err.filename else ""
         message = f"{where}{err.strerror or err}"
         _failed("FAILED", message)
+        if isinstance(err, FileNotFoundError):
+            sys.exit(f"error: {message}; run `dvc repro` (or `dvc pull`) to produce it")
         sys.exit(f"error: {message}; free space or fix the permissions, then rerun the stage")
     except KeyboardInterrupt:
         _failed("KILLED", "interrupted (Ctrl-C)")
@@ -96,8 +98,10 @@ def _failed(status: str, reason: str) -> None:
 
 
 def _set_numerics(params: Params) -> None:
-    """The numerics mode, before anything imports torch (it picks its kernels on load); in
-    portable mode the installed packages must be the pinned ones."""
+    """The numerics mode and the BLAS thread count, before anything imports torch or numpy
+    (they pick kernels and pools on load); in portable mode the installed packages must be
+    the pinned ones."""
     numerics.apply(params.numerics)
+    numerics.pin_threads(params.threads)
     if params.numerics == "portable":
         numerics.check_pins()

@@ -55,21 +55,33 @@ def download_to_cache(url: str, dataset: str, file_name: str) -> Path | None:
     return dest
 
 
-def _from_mirror(mirror: str, dataset: str, file_name: str, dest: Path, layouts: list[str]) -> bool:
+def _from_mirror(
+    mirror: str, dataset: str, file_name: str, dest: Path, layouts: list[str]
+) -> str | None:
+    """Copy ``file_name`` from the mirror to ``dest``; where it came from, or None."""
     if "://" in mirror:
         url = f"{mirror.rstrip('/')}/{dataset}/{file_name}"
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
                 shutil.copyfileobj(response, out)
         except OSError:
-            return False
-        return True
+            return None
+        return url
     folders = [Path(mirror) / dataset, Path(mirror), *(Path(mirror) / sub for sub in layouts)]
     for candidate in (folder / file_name for folder in folders):
         if candidate.is_file():
             shutil.copyfile(candidate, dest)
-            return True
-    return False
+            return str(candidate)
+    return None
+
+
+def _drop_bad_copy(origin: Path) -> str:
+    """What to do about a file whose checksum is wrong: a download in the user cache is
+    deleted (the next run fetches it again); a mirror's or the user's own copy is theirs."""
+    if CACHE in origin.parents:
+        origin.unlink(missing_ok=True)
+        return "the download was corrupt or truncated and is deleted: rerun to fetch it again"
+    return "the file is corrupt, truncated or another version: replace it with the original"
 
 
 def resolve_mirror(mirror: str | None) -> str | None:
@@ -118,7 +130,8 @@ def fetch_dataset(
         for file_name, expected in source.FILES.items():
             dest = tmp / file_name
             layouts = getattr(source, "MIRROR_LAYOUT", [])
-            if not (mirror and _from_mirror(mirror, dataset, file_name, dest, layouts)):
+            origin = mirror and _from_mirror(mirror, dataset, file_name, dest, layouts)
+            if not origin:
                 found = source.locate(file_name)
                 if found is None:
                     where = f"mirror {mirror!r} nor " if mirror else ""
@@ -128,11 +141,12 @@ def fetch_dataset(
                         f" and set `mirror` in params.yaml"
                     )
                 shutil.copyfile(found, dest)
+                origin = str(found)
             actual = file_checksum(dest, expected)
             if actual != expected:
                 raise DataError(
-                    f"{dataset}: {file_name} has checksum {actual}, expected {expected}; the "
-                    "file is corrupt or truncated: delete it from the mirror and fetch it again"
+                    f"{dataset}: {file_name} from {origin} has checksum {actual}, "
+                    f"expected {expected}; {_drop_bad_copy(Path(origin))}"
                 )
         check_arrays(source.load(tmp), dataset)
     return dict(source.FILES)

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from reprolab.core.errors import CheckpointError
-from reprolab.core.io import atomic_path, write_json
+from reprolab.core.io import atomic_path, read_json, write_json
 from reprolab.core.paths import MODEL_FILE, SPEC_FILE
-from reprolab.models._base import ModelSpec, build_model
+from reprolab.models._base import ModelSpec, build_saved
 
 
 def save_model(model: nn.Module, spec: ModelSpec, folder: Path, extra: dict) -> str:
@@ -39,7 +39,7 @@ def save_model(model: nn.Module, spec: ModelSpec, folder: Path, extra: dict) -> 
 def load_model(
     folder: Path,
     device: torch.device | str = "cpu",
-    build: Callable[[ModelSpec], nn.Module] = build_model,
+    build: Callable[[ModelSpec], nn.Module] = build_saved,
     stage: str = "train",
     shown: str | None = None,
 ) -> tuple[nn.Module, dict]:
@@ -96,7 +96,4 @@ def model_metadata(meta: dict, input_max: float) -> dict:
 
 def read_best_params(folder: Path) -> dict:
     """The tuned params the tune stage wrote (best_params.json)."""
-    path = folder / "best_params.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found; run `dvc repro tune@{folder.name}` first")
-    return json.loads(path.read_text())
+    return read_json(folder / "best_params.json", f"tune@{folder.name}", ("lr", "weight_decay"))

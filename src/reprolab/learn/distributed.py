@@ -11,6 +11,7 @@ nothing of this runs and training is the single-process loop, bit for bit.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,20 @@ def rank() -> int:
 def is_main() -> bool:
     """Rank 0, or the only process: the one that logs and writes files."""
     return rank() == 0
+
+
+def relaunch(launcher: str) -> None:
+    """``train.launcher`` torchrun: replace this process with torch.distributed.run (the
+    module behind torchrun) given the launcher's flags and this script's arguments; it starts
+    the ranks, each running this stage again. The flags were checked by the params schema
+    and no shell sees them (dvc.yaml's command never holds a params value). No-op for
+    ``python`` and inside a rank."""
+    if launcher == "python" or "LOCAL_RANK" in os.environ:
+        return
+    argv = [sys.executable, "-m", "torch.distributed.run", *launcher.split()[1:], *sys.argv]
+    print(f"{launcher} {' '.join(sys.argv)}", flush=True)
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def init_from_env(device: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 
 from reprolab.core.errors import DataError
+from reprolab.core.io import read_json
 
 
 @dataclass
@@ -62,7 +62,4 @@ def load_split(path: Path, device: torch.device) -> TensorData:
 
 
 def load_meta(split_dir: Path) -> dict:
-    path = split_dir / "meta.json"
-    if not path.is_file():
-        raise _missing(path)
-    return json.loads(path.read_text())
+    return read_json(split_dir / "meta.json", f"split@{split_dir.name}", fault=DataError)

@@ -7,7 +7,7 @@ core in ``Standardize`` so a saved or served model takes raw pixel/feature value
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -91,6 +91,17 @@ def build_model(spec: ModelSpec) -> nn.Sequential:
     if spec.target_scale is not None:
         layers.append(OutputScale(*spec.target_scale))
     return nn.Sequential(*layers)
+
+
+def build_saved(spec: ModelSpec) -> nn.Sequential:
+    """A model for saved weights to be loaded into: build_model with the arch's init-only
+    options (its ``INIT_ONLY``, e.g. resnet18's pretrained ``weights``) at their defaults.
+    The saved weights replace the initial ones anyway, so loading a model (evaluate, a
+    scorer, predict from a registry version on another machine) never reads a weights
+    file or downloads anything."""
+    init_only = getattr(registry.model_module(spec.arch), "INIT_ONLY", ())
+    options = {k: v for k, v in spec.options.items() if k not in init_only}
+    return build_model(replace(spec, options=options))
 
 
 def flat_features(features: nn.Module, input_shape: tuple[int, ...]) -> int:

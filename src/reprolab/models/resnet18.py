@@ -1,8 +1,8 @@
 """torchvision's ResNet18 for transfer learning.
 
 - ``weights``: ``none`` (random init; the offline default), ``imagenet`` (torchvision's
-  IMAGENET1K_V1, downloaded to the torch hub cache when online), or a path to a ``.pth``
-  state_dict of torchvision's resnet18.
+  IMAGENET1K_V1, downloaded to the torch hub cache when online), or the path of a ``.pth``
+  state_dict of torchvision's resnet18 inside the workspace (relative to its root).
 - ``freeze: all_but_head`` trains only the new head; ``none`` fine-tunes everything, with
   the backbone at ``lr * backbone_lr_factor`` (discriminative learning rates, the fast.ai
   advice: earlier layers move less than the new head).
@@ -21,9 +21,11 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from reprolab.core.errors import ModelBuildError
+from reprolab.core.paths import workspace_root
 from reprolab.models._base import StrictOptions
 
 INPUTS = ("image",)  # convolutions over (C, H, W) images
+INIT_ONLY = ("weights",)  # only the initial weights: a saved model is rebuilt without them
 
 
 class Options(StrictOptions):
@@ -44,7 +46,14 @@ def _pretrained_state(weights: str) -> dict[str, torch.Tensor] | None:
                 f"resnet18 options.weights: 'imagenet' could not be downloaded ({err}); "
                 "go online once (torch hub caches them) or set weights to a local .pth path"
             ) from None
-    path = Path(weights).expanduser()
+    root = workspace_root()
+    path = (root / weights).resolve()
+    if Path(weights).is_absolute() or root.resolve() not in path.parents:
+        raise ModelBuildError(
+            f"resnet18 options.weights: {weights!r} is not a file path inside the workspace; "
+            "copy the .pth into it (e.g. models/pretrained/, then `dvc add` it) and give "
+            "that relative path"
+        )
     if not path.is_file():
         raise ModelBuildError(f"resnet18 options.weights: file {weights!r} does not exist")
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -12,7 +12,6 @@ Who may move it:
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -89,6 +88,19 @@ def _held(holder: Any, head: str) -> str | None:
     )
 
 
+def _alias_holder(client: MlflowClient, name: str) -> Any | None:
+    """The version of ``name`` holding the champion alias; None when ``name`` is not
+    registered or has no such alias (any other store fault is raised, not taken for
+    "none": the check that guards the alias must not be skipped)."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException as err:
+        no_alias = err.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(err)
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST" or no_alias:
+            return None
+        raise
+
+
 def promote_champion(
     dataset: str, best: str, weights_md5: str, models: Iterable[str]
 ) -> tuple[str | None, str | None]:
@@ -110,18 +122,16 @@ def promote_champion(
         if version is None:
             return None, None
         for other_name in names:
-            with contextlib.suppress(mlflow.exceptions.MlflowException):  # none: fine
-                holder = client.get_model_version_by_alias(other_name, CHAMPION)
-                if (holder.name, str(holder.version)) == (name, version):
-                    continue
-                held = _held(holder, git_sha())
-                if held:
-                    return f"models:/{name}/{version}", held
+            holder = _alias_holder(client, other_name)
+            if holder is None or (holder.name, str(holder.version)) == (name, version):
+                continue
+            held = _held(holder, git_sha())
+            if held:
+                return f"models:/{name}/{version}", held
         client.set_registered_model_alias(name, CHAMPION, version)
         for other_name in names:
             if other_name == name:
                 continue
-            # Not registered, or without the alias: nothing to take off.
-            with contextlib.suppress(mlflow.exceptions.MlflowException):
+            if _alias_holder(client, other_name) is not None:
                 client.delete_registered_model_alias(other_name, CHAMPION)
     return f"models:/{name}/{version}", None

@@ -50,17 +50,27 @@ def log_inputs(client: MlflowClient, run_id: str, dataset: str, tags: Mapping[st
         client.log_inputs(run_id, datasets=new)
 
 
+def _git(*args: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 @functools.cache
 def code_diff() -> str:
-    """`git diff HEAD` of the code and config (empty when they are as committed); once per
+    """`git diff HEAD` of the code and config, plus each file there that git does not track
+    yet (a new arch module is code the run used): empty when they are as committed. Once per
     process: the checkout does not change under a running stage."""
-    try:
-        out = subprocess.run(
-            ["git", "diff", "HEAD", "--", *CODE], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
+    tracked = _git("diff", "HEAD", "--", *CODE)
+    if tracked is None or tracked.returncode != 0:
         return ""
-    return out.stdout if out.returncode == 0 else ""
+    new = _git("ls-files", "--others", "--exclude-standard", "--", *CODE)
+    diffs = [tracked.stdout]
+    for name in new.stdout.splitlines() if new is not None and new.returncode == 0 else []:
+        added = _git("diff", "--no-index", "--", "/dev/null", name)  # exits 1: they differ
+        diffs.append(added.stdout if added is not None else f"new file {name}\n")
+    return "".join(diffs)
 
 
 _DIFF_LOGGED: set[str] = set()

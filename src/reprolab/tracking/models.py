@@ -117,9 +117,6 @@ def _log_model(parent, served, example, name, about, params, folder):
 
 def registered_version(client: MlflowClient, name: str, weights_md5: str) -> str | None:
     """The newest version of ``name`` tagged with ``weights_md5``; None if there is none."""
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except mlflow.exceptions.MlflowException:  # not registered yet
-        return None
+    versions = client.search_model_versions(f"name = '{name}'")  # [] if not registered
     matching = [int(v.version) for v in versions if v.tags.get("weights_md5") == weights_md5]
     return str(max(matching)) if matching else None

@@ -1,8 +1,9 @@
 """A study's identity: its name is the dataset, the model and a fingerprint of everything
 that decides what its trials find (the params the objective reads, the split checksums, the
-code it runs and the task's own inputs), so a killed run resumes its study and a change of
-any of these starts a fresh one. Every worker of one checkout computes the same name,
-whatever its entry point. The inputs are also recorded as the study's user attributes.
+code it runs, the numerics mode, the installed packages and the task's own inputs), so a
+killed run resumes its study and a change of any of these starts a fresh one. Every worker
+of one checkout computes the same name, whatever its entry point. The inputs are also
+recorded as the study's user attributes.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from reprolab.core.numerics import PINNED
 from reprolab.learn.context import ModelContext
 from reprolab.learn.tasks import get_task
 
@@ -54,14 +57,29 @@ def study_inputs(ctx: ModelContext) -> dict:
         # How many workers run it and where it is stored do not change what it finds.
         "tune": ctx.tune.model_dump(mode="json", exclude={"workers", "storage"}),
         "train": ctx.train.model_dump(
-            mode="json",
-            include={"patience", "scheduler", "step", "deterministic", "compile", "augment"},
+            mode="json", include=set(get_task(ctx.task).trial_train_keys)
         ),
         "model": ctx.spec.model_dump(mode="json"),
         "data": ctx.data_md5(("train", "val")),
         "code": code_fingerprint(tuple(archs)),
+        # The kernels and packages the trials compute with (dvc.yaml: numerics and
+        # requirements.lock): a new pin or mode reruns the stage, which must tune afresh.
+        "numerics": p.numerics,
+        "packages": installed_versions(),
         **get_task(ctx.task).identity(ctx),
     }
+
+
+@functools.cache
+def installed_versions() -> dict[str, str | None]:
+    """The installed version of each package that decides output bytes (None: absent)."""
+    found: dict[str, str | None] = {}
+    for name in PINNED:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def study_name(ctx: ModelContext) -> str:

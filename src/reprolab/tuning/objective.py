@@ -4,8 +4,6 @@ one nested MLflow run per trial with its epochs, pruning on the task's objective
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Callable
 
 import optuna
@@ -16,10 +14,6 @@ from reprolab.learn.tasks import get_task
 from reprolab.tracking.runs import Tracker
 
 log = logging.getLogger(__name__)
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def make_objective(
@@ -36,7 +30,6 @@ def make_objective(
         )
         run_id = tracker.start_child(parent, f"trial-{trial.number}", tags)
         trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("worker", worker_id())
         tracker.log(run_id, params={"lr": lr, "weight_decay": weight_decay, "trial": trial.number})
 
         def report(epoch: int, row: dict[str, float]) -> None:

@@ -148,6 +148,11 @@ def heartbeat(storage: RDBStorage, trial_id: int) -> Iterator[None]:
         thread.join()
 
 
+def worker_id() -> str:
+    """What a trial's ``worker`` attribute holds: fail_dead_trials checks the process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

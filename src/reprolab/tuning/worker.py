@@ -1,13 +1,11 @@
 """Optuna tuning of learning rate and weight decay on the validation split.
 
-Storage and locks: tuning.storage; study name: tuning.identity; objective: tuning.objective;
-pruners: tuning.pruners. The ``tune`` stage runs ``tune.workers`` workers; ``reprolab
-tune-worker`` adds more. Finished trials (complete or pruned) count toward ``n_trials``
-across resumes and workers: a worker asks for a trial only under the study's lock and only
-while running + finished trials are fewer (MaxTrialsCallback, checked after a worker's own
-trial, overshoots). A dead worker's trial is failed (at once on this machine, else by the
-heartbeat check) and retried with the same params; workers wait for running trials instead
-of leaving, so the budget is never left short either.
+Storage and locks, study name, objective and pruners have their own modules. The ``tune``
+stage runs ``tune.workers`` workers; ``reprolab tune-worker`` adds more. Finished trials count
+toward ``n_trials`` across resumes and workers: a worker asks for a trial only under the
+study's lock, while running + finished trials are fewer (MaxTrialsCallback overshoots). A
+dead worker's trial is failed (at once on this machine, else by the heartbeat check) and
+retried with the same params; workers wait for running trials, so the budget is exact.
 """
 
 from __future__ import annotations
@@ -178,8 +176,10 @@ def run_budget(
             else:
                 trial = None
             if trial is not None:
-                # A trial without any heartbeat is never found stale: record one now.
+                # A first heartbeat (a trial without one is never found stale), and this
+                # worker's name before the lock is let go: a retry inherits its dead worker's.
                 storage.record_heartbeat(trial._trial_id)
+                trial.set_user_attr("worker", stores.worker_id())
         if trial is None:
             time.sleep(storage.heartbeat_interval or HEARTBEAT_S)  # in case one's worker dies
             continue

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from reprolab.core.errors import DataError, ReprolabError
+from reprolab.core.io import read_json
 from reprolab.data.fetch import Arrays
 
 FILES: dict[str, str] = {}  # a user's own tree: DVC hashes every copied file instead
@@ -101,7 +102,9 @@ def _read(folder: Path, size: int, class_to_idx: dict[str, int] | None = None):
 
 
 def load(raw_dir: Path) -> Arrays:
-    size = json.loads((raw_dir / OPTIONS_FILE).read_text())["image_size"]
+    size = read_json(raw_dir / OPTIONS_FILE, "download@image", ("image_size",), DataError)[
+        "image_size"
+    ]
     test_dir = next((raw_dir / d for d in TEST_DIRS if (raw_dir / d).is_dir()), None)
     if (raw_dir / "train").is_dir() and test_dir is not None:
         x_train, y_train, train = _read(raw_dir / "train", size)

@@ -24,6 +24,11 @@ class Task(ABC):
     name: str
     # The per-epoch row key that tuning minimises and early stopping watches.
     objective: str
+    # The keys of ``train`` a trial reads: part of the study identity, and exactly the
+    # ``train.*`` params its tune stage declares in dvc.yaml (tests/test_dag.py).
+    trial_train_keys: tuple[str, ...]
+    # Whether train_final runs under train.launcher's torchrun (DistributedDataParallel).
+    distributed: bool = False
 
     def context(self, params: Params, model: str) -> ModelContext:
         """Device, data and builder of ``model`` (seeds and threads set)."""

@@ -14,7 +14,6 @@ reruns differ by the generator alone. Budgets: ``tune`` and ``train`` with the g
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,7 +23,7 @@ import torch
 
 from reprolab.core import paths, registry
 from reprolab.core.errors import CheckpointError
-from reprolab.core.io import write_json, write_tsv
+from reprolab.core.io import read_json, write_json, write_tsv
 from reprolab.core.paths import SPEC_FILE
 from reprolab.learn.checkpoints import load_model, save_model
 from reprolab.learn.context import ModelContext
@@ -74,13 +73,8 @@ class GanContext(ModelContext):
 
     def scorer_md5(self) -> str:
         """The scorer's weights md5 (from its model.json): the feature space of the score."""
-        spec_path = self.scorer_dir / SPEC_FILE
-        if not spec_path.is_file():
-            raise CheckpointError(
-                f"{spec_path}: not found; the scorer of {self.name} is trained by "
-                f"`dvc repro train@{self.spec.scorer.model}`"
-            )
-        return json.loads(spec_path.read_text())["weights_md5"]
+        stage = f"train@{self.spec.scorer.model}"  # the scorer of this GAN
+        return read_json(self.scorer_dir / SPEC_FILE, stage, ("weights_md5",))["weights_md5"]
 
     def scorer(self, real: torch.Tensor) -> FrechetScorer:
         return FrechetScorer(load_classifier(self.scorer_dir, self.device), real)
@@ -222,7 +216,7 @@ def evaluate_gan(ctx: GanContext, tags: dict[str, str]) -> dict:
     holds (a noise of its own) to the test split; and the fixed-noise sample grid."""
     p = ctx.params
     model, info = load_gan(paths.model_dir(ctx.name), ctx.device)
-    if info["scorer_weights_md5"] != ctx.scorer_md5():
+    if info.get("scorer_weights_md5") != ctx.scorer_md5():
         raise CheckpointError(
             f"models/{ctx.name} was scored with another {info['scorer']} than "
             f"models/{ctx.spec.scorer.model} holds now; run `dvc repro train_generator@{ctx.name}`"
@@ -249,6 +243,7 @@ class GenerativeTask(Task):
 
     name = "generative"
     objective = "val_fid"
+    trial_train_keys = ("deterministic",)  # a trial runs tune.epochs whole (no patience)
 
     def context(self, params, model: str) -> GanContext:
         return GanContext(params, model)

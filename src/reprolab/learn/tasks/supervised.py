@@ -22,6 +22,9 @@ class SupervisedTask(Task):
     """A network trained on (x, y) with the loss of ``OBJECTIVES[name]``."""
 
     objective = "val_loss"
+    # learn.engine.fit's: early stopping, schedule, kernels, compile, augmentation.
+    trial_train_keys = ("patience", "scheduler", "step", "deterministic", "compile", "augment")
+    distributed = True
 
     def __init__(self, name: str) -> None:
         self.name = name
