@@ -35,7 +35,6 @@ def main(params, args) -> None:
         identity,
         {s.name: {f"val_{k}": v for k, v in s.val.items()} for s in selected},
         stage_tags("cpu", params),
-        close=False,
         params={s.name: {s.hyperparameter: s.value} for s in selected},
     )
     for s in selected:

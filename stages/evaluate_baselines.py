@@ -26,7 +26,7 @@ def main(params, args) -> None:
     }
     dataset = getattr(params.datasets, args.kind)
     tags = stage_tags("cpu", params)
-    log_baselines(dataset, md5_file(folder / FILE), logged, tags, close=True)
+    log_baselines(dataset, md5_file(folder / FILE), logged, tags)
     for name, metrics in results.items():
         shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
         print(f"evaluate_baselines@{args.kind}: {name} test {shown}")

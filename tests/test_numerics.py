@@ -137,3 +137,31 @@ def test_portable_refuses_packages_other_than_the_pinned_ones(tmp_path: Path) ->
     lock.write_text("torch==1.0.0\n")
     with pytest.raises(numerics.PinMismatchError, match=rf"torch {torch_version} is installed"):
         numerics.check_pins(lock)
+
+
+PROBE_THREADS = """
+import json, sys
+from reprolab.core import numerics
+if sys.argv[1] == "late":
+    import numpy  # loaded before the pin: threadpoolctl sets the live pool
+numerics.pin_threads(3)
+import numpy
+from threadpoolctl import threadpool_info
+print(json.dumps({p["internal_api"]: p["num_threads"] for p in threadpool_info()}))
+"""
+
+
+@pytest.mark.parametrize("when", ["early", "late"])
+def test_threads_pins_the_blas_under_numpy_whatever_the_environment(when: str) -> None:
+    """The baselines' float sums split by the BLAS thread count: `threads` decides it, not
+    the machine's cores or an OPENBLAS_NUM_THREADS the user had set."""
+    env = os.environ | {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE_THREADS, when],
+        env=env | {"PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pools = json.loads(out.stdout)
+    assert pools.get("openblas") == 3, pools

@@ -156,6 +156,14 @@ def test_mlflow_store_holds_parents_trials_and_registered_models(pipeline: dict)
         metric = "fid" if model in GENERATORS else "accuracy"
         assert f"test_{metric}" in parent.data.metrics and f"val_{metric}" in parent.data.metrics
         assert "best.lr" in parent.data.params
+    baselines = [r for r in runs if r.data.tags.get("reprolab.role") == "baseline"]
+    assert {r.data.tags["reprolab.model"] for r in baselines} == {
+        "logistic_regression",
+        "rbf_svm",
+    }
+    for baseline in baselines:  # each stage ends the run it logs into: none left RUNNING
+        assert baseline.info.status == "FINISHED"
+        assert {"val_accuracy", "test_accuracy"} <= set(baseline.data.metrics)
     versions = client.search_model_versions("name = 'digits-mlp'")
     assert len(versions) == 1 and versions[0].tags["git_sha"]
     model = mlflow.pytorch.load_model("models:/digits-mlp/1")

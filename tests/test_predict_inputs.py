@@ -143,6 +143,13 @@ def test_predict_names_an_image_it_cannot_decode(models, tmp_path: Path, capsys)
     assert code == 0 and sources == [str(tmp_path / "good.png")]
 
 
+def test_an_image_for_a_tabular_model_is_one_line(models, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "scan.png")
+    _refused(capsys, models["tabular"], tmp_path / "scan.png", "rows of 3 features", "CSV")
+
+
 @pytest.mark.parametrize(
     "case", ["empty", "text", "truncated", "jpeg-truncated", "bomb", "bomb-warning"]
 )
@@ -162,3 +169,16 @@ def test_imagefolder_names_the_users_bad_image(case: str, tmp_path: Path) -> Non
     assert message.startswith(f"{target}: ") and says in message and "\n" not in message, message
     assert "imagefolder.path" in message
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_folder_as_input_or_the_baselines_as_model_is_one_line(
+    models, tmp_path: Path, capsys
+) -> None:
+    (tmp_path / "scans").mkdir()
+    _refused(capsys, models["image"], tmp_path / "scans", "a folder; give its image or CSV")
+    baselines = tmp_path / "baselines" / "image"
+    baselines.mkdir(parents=True)
+    (baselines / "baselines.skops").write_bytes(b"")
+    (tmp_path / "row.csv").write_text(",".join(["0"] * 64) + "\n")
+    code, _ = _predict(capsys, baselines, tmp_path / "row.csv")
+    assert isinstance(code, str) and "the scikit-learn baselines, not a network" in code

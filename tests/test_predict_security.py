@@ -117,6 +117,7 @@ def _log_genuine(folder: Path) -> torch.nn.Module:
     md5 = save_model(model, spec, folder, {"study": "s", "model": "mlp", **ABOUT})
     ctx = SimpleNamespace(
         dataset="toy",
+        group="classifiers",
         name="mlp",
         device=torch.device("cpu"),
         spec=SimpleNamespace(model_dump=lambda mode: {"arch": "mlp"}),

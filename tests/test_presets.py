@@ -46,3 +46,19 @@ def test_a_bad_preset_leaves_params_untouched(params_copy: Path, tmp_path: Path)
     assert params_copy.read_text() == before
     with pytest.raises(ParamsError, match="preset 'nope' not found"):
         apply_preset("nope", params_copy, tmp_path / "presets")
+    # A name, never a path: a params file elsewhere is not a preset.
+    (tmp_path / "elsewhere.yaml").write_text("seed: 7\n")
+    with pytest.raises(ParamsError, match=r"preset '\.\./elsewhere' not found"):
+        apply_preset("../elsewhere", params_copy, tmp_path / "presets")
+    assert params_copy.read_text() == before
+
+
+def test_a_preset_changes_only_the_lines_it_sets(params_copy: Path, tmp_path: Path) -> None:
+    """`null` stays `null` and no line is rewrapped: the diff is the preset's keys alone."""
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "seed.yaml").write_text("seed: 7\n")
+    before = params_copy.read_text().splitlines()
+    apply_preset("seed", params_copy, tmp_path / "presets")
+    after = params_copy.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert [b.split("#")[0].strip() for _, b in changed] == ["seed: 7"]

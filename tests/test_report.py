@@ -141,3 +141,30 @@ def test_a_model_no_better_than_a_constant_guess_is_flagged_and_never_champion(
     write_json("data/splits/image/meta.json", {"trivial_val": {"accuracy": 0.6}})
     write_report(params)
     assert "@champion" not in Path("reports/summary.md").read_text()
+
+
+def test_reprolab_champion_ranks_the_workspace_and_writes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`reprolab champion` ranks as the report does (lenet best by validation) and moves
+    the alias in the store; it writes nothing DVC tracks. Here the store never registered
+    lenet's weights, so it says so in one line instead."""
+    import yaml
+
+    from reprolab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    raw = {"classifiers": {"mlp": {"arch": "mlp"}, "lenet": {"arch": "lenet"}}}
+    Path("params.yaml").write_text(yaml.safe_dump(raw | {"baselines": {"image": []}}))
+    _fake_outputs({"mlp": 0.8, "lenet": 0.9}, {"mlp": 0.99, "lenet": 0.5})
+    before = sorted(p for p in tmp_path.rglob("*") if p.name != "mlflow.db")
+    main(["champion"])
+    out = capsys.readouterr().out
+    assert "champion: classifiers on digits: best by validation: lenet" in out
+    assert "champion: no registered MLflow version of lenet matches" in out
+    assert not Path("reports").exists()
+    assert sorted(p for p in tmp_path.rglob("*") if not p.name.startswith("mlflow")) == [
+        p for p in before if not p.name.startswith("mlflow")
+    ]

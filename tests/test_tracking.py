@@ -36,14 +36,15 @@ def _workspace(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def _log(seed: int, study: str = "s1", sha: str = "0" * 40) -> str:
+def _log(seed: int, study: str = "s1", sha: str = "0" * 40, name: str = "mlp") -> str:
     """Train nothing: a seeded tiny network logged the pipeline's way; returns its md5."""
     torch.manual_seed(seed)
     model = torch.nn.Linear(4, 2).eval()
     md5 = hashlib.md5(b"".join(p.detach().numpy().tobytes() for p in model.parameters()))
     ctx = SimpleNamespace(
         dataset="toy",
-        name="mlp",
+        group="classifiers",
+        name=name,
         device=torch.device("cpu"),
         spec=SimpleNamespace(model_dump=lambda mode: {"arch": "mlp"}),
     )
@@ -173,6 +174,20 @@ def test_the_same_weights_map_to_one_registered_version(
     assert promote_champion("toy", "mlp", same, ["mlp"]) == (f"models:/{NAME}/1", None)
     assert client.get_model_version_by_alias(NAME, "champion").tags["weights_md5"] == same
     assert promote_champion("toy", "mlp", other, ["mlp"]) == (f"models:/{NAME}/2", None)
+
+
+def test_a_model_taken_out_of_params_keeps_no_champion_alias(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An experiment adds model foo, which becomes champion; foo leaves params.yaml again and
+    the report's promotion takes the alias off it too, though foo is no longer listed."""
+    _workspace(tmp_path, monkeypatch)
+    mlp, foo = _log(seed=1), _log(seed=2, name="foo")
+    client = MlflowClient()
+    assert promote_champion("toy", "foo", foo, ["mlp", "foo"], "classifiers")[1] is None
+    assert promote_champion("toy", "mlp", mlp, ["mlp"], "classifiers")[1] is None
+    holders = [m.name for m in client.search_registered_models() if "champion" in m.aliases]
+    assert holders == [NAME]
 
 
 def _commit(folder: Path, message: str, file: str = "notes.txt", text: str = "") -> str:

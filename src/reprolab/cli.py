@@ -34,12 +34,10 @@ def package_version() -> str:
 def _load(args: argparse.Namespace, model: str | None = None):
     """params.yaml validated (the model's arch options too), with its numerics mode applied
     before anything imports torch, as a stage does."""
-    from reprolab.core import numerics
+    from reprolab.core.stage import set_numerics
 
     return load_params(
-        args.params,
-        options_of=[model] if model else [],
-        before_modules=lambda p: numerics.apply(p.numerics),
+        args.params, options_of=[model] if model else [], before_modules=set_numerics
     )
 
 
@@ -117,6 +115,20 @@ def preset(args: argparse.Namespace) -> None:
     print(f"{args.params}: preset {args.name} applied; models {', '.join(models)}")
 
 
+def champion(args: argparse.Namespace) -> None:
+    """Move the MLflow alias champion to the workspace's results, as the report stage does.
+
+    For when DVC reruns nothing: after `git checkout` and `dvc checkout` bring back an
+    earlier result (an experiment discarded), the alias still names the discarded model
+    until `report` reruns. Reads the workspace's metrics and models; writes no file."""
+    from reprolab.report.champions import promote_champions
+    from reprolab.report.leaderboard import ranked
+
+    params = load_params(args.params)
+    for line in promote_champions(params, ranked(params)):
+        print(f"champion: {line}")
+
+
 def predict(args: argparse.Namespace) -> None:
     """Print a classifier's or regressor's prediction for each image file or CSV row.
 
@@ -125,8 +137,9 @@ def predict(args: argparse.Namespace) -> None:
     from reprolab.predict import load_predictor, predict_files
 
     predictor = load_predictor(args.model)
+    records = predict_files(predictor, args.files)  # a bad input stops before any output
     print("input\tprediction\tprobability")
-    for record in predict_files(predictor, args.files):
+    for record in records:
         print(f"{record['input']}\t{record['prediction']}\t{record['probability']:.4f}")
 
 
@@ -206,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     params_help = "the params file"
     p = _command(sub, "check", check)
+    p.add_argument("--params", default="params.yaml", help=params_help)
+    p = _command(sub, "champion", champion)
     p.add_argument("--params", default="params.yaml", help=params_help)
     p = _command(sub, "lr-find", lr_find)
     p.add_argument("model", help="a model of classifiers: or regressors: in the params file")

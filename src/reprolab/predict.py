@@ -59,6 +59,11 @@ def load_predictor(ref: str) -> Predictor:
             f"{folder}: no such model folder (a DVC model folder holds model.json and "
             "model.pt; or give an MLflow URI such as models:/digits-cnn@champion)"
         )
+    if (folder / "baselines.skops").is_file():
+        raise PredictError(
+            f"{folder}: the scikit-learn baselines, not a network; give a network's folder "
+            "(models/<name>, e.g. models/cnn)"
+        )
     return _rebuild(folder)
 
 
@@ -139,6 +144,11 @@ def read_image(path: Path, shape: tuple[int, ...], input_max: float | None) -> n
 
     from reprolab.data.sources.imagefolder import open_image
 
+    if len(shape) != 3:
+        raise PredictError(
+            f"{path}: the model takes rows of {shape[0]} features, not images; give a CSV "
+            "with one row per example"
+        )
     channels, height, width = shape
     if channels not in (1, 3):
         raise PredictError(f"{path}: the model takes {channels} channels; images give 1 or 3")
@@ -232,6 +242,8 @@ def read_inputs(files: Iterable[str], predictor: Predictor) -> list[tuple[str, n
     items: list[tuple[str, np.ndarray]] = []
     for name in files:
         path = Path(name)
+        if path.is_dir():
+            raise PredictError(f"{path}: a folder; give its image or CSV files (e.g. {path}/*)")
         if not path.is_file():
             raise PredictError(f"{path}: no such input file")
         if path.suffix.lower() == ".csv":

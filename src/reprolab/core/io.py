@@ -61,7 +61,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def read_json(
-    path: Path, stage: str, keys: tuple[str, ...] = (), fault: type[Exception] | None = None
+    path: Path, stage: str = "", keys: tuple[str, ...] = (), fault: type[Exception] | None = None
 ) -> dict:
     """A JSON object a stage wrote, holding ``keys``: missing, edited into something else or
     truncated, it is one line naming the file and the stage that writes it (a ReprolabError,
@@ -69,15 +69,16 @@ def read_json(
     from reprolab.core.errors import CheckpointError
 
     error = fault or CheckpointError
+    rerun = f"dvc repro -f {stage}" if stage else "dvc repro"
     if not path.is_file():
-        raise error(f"{path}: not found; run `dvc repro {stage}` (or `dvc pull`) first")
+        raise error(f"{path}: not found; run `{rerun.replace(' -f', '')}` (or `dvc pull`)")
     try:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise error(f"{path}: not valid JSON ({err}); rerun `dvc repro -f {stage}`") from None
+        raise error(f"{path}: not valid JSON ({err}); rerun `{rerun}`") from None
     if not isinstance(data, dict) or any(k not in data for k in keys):
         wanted = f"an object with {', '.join(keys)}" if keys else "an object"
-        raise error(f"{path}: not {wanted}; rerun `dvc repro -f {stage}`")
+        raise error(f"{path}: not {wanted}; rerun `{rerun}`")
     return data
 
 

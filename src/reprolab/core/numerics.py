@@ -91,13 +91,13 @@ def pin_threads(threads: int) -> None:
     """Give the BLAS and OpenMP pools under numpy and scikit-learn ``threads`` threads (the
     ``threads`` param; torch's own pool is set by learn.device.seed_everything), so a
     baseline's bytes do not change with the machine's core count. Like :func:`apply`, it
-    overrides the user's environment and must run before numpy loads its BLAS; where numpy
-    is already loaded, threadpoolctl sets the live pools too."""
+    overrides the user's environment (read when numpy loads its BLAS), then sets the loaded
+    pools with threadpoolctl: OpenBLAS caps an environment value at the machine's cores."""
     os.environ.update({name: str(threads) for name in THREAD_ENV})
-    if "numpy" in sys.modules:
-        from threadpoolctl import threadpool_limits
+    import numpy  # noqa: F401  (loads the BLAS whose pool is set next)
+    from threadpoolctl import threadpool_limits
 
-        threadpool_limits(limits=threads)
+    threadpool_limits(limits=threads)
 
 
 def machine_supports_portable() -> bool:

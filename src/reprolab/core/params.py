@@ -19,7 +19,14 @@ from reprolab.core.errors import ParamsError
 from reprolab.core.schema import Params
 
 
+def _shown(value: Any) -> str:
+    """The bad value as given, cut short when it is a whole section (a cross-key check)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _format_error(err: ValidationError, source: str) -> str:
+    """One line per bad value; a single one on the source's line (``params.yaml: key: ...``)."""
     lines = [f"{source}: {err.error_count()} invalid value(s)"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
@@ -29,7 +36,9 @@ def _format_error(err: ValidationError, source: str) -> str:
         elif e["type"] == "missing":
             lines.append(f"  {key}: required but missing")
         else:
-            lines.append(f"  {key}: {msg} (got {e['input']!r})")
+            lines.append(f"  {key}: {msg} (got {_shown(e['input'])})")
+    if len(lines) == 2:
+        return f"{source}: {lines[1].strip()}"
     return "\n".join(lines)
 
 
@@ -76,7 +85,9 @@ def validate_params(
                 f"{registry.model_task(spec.arch)} architecture, {group} need a "
                 + ("generative one" if task == "generative" else "classifier or regressor")
             )
-        registry.validate_model_options(spec.arch, spec.options, key=f"{group}.{name}.options")
+        registry.validate_model_options(
+            spec.arch, spec.options, key=f"{group}.{name}.options", source=source
+        )
     return params
 
 
@@ -90,7 +101,8 @@ def load_params(
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the repo root)")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        loader = type("Loader", (_UniqueKeyLoader,), {"source": str(path)})
+        raw = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     return validate_params(
@@ -106,13 +118,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last
     silently; DVC rejects the file), naming the key and its line."""
 
+    source = "params.yaml"
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise ParamsError(
-                    f"params.yaml: key {key!r} appears twice in one mapping (line "
+                    f"{self.source}: key {key!r} appears twice in one mapping (line "
                     f"{key_node.start_mark.line + 1}); keep one"
                 )
             seen.add(key)

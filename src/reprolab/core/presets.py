@@ -37,10 +37,15 @@ def _merge(base: Any, overlay: Any, top: bool = True) -> Any:
 
 def apply_preset(name: str, params_path: Path, folder: Path = PRESETS) -> dict:
     """Merge presets/<name>.yaml into ``params_path``; return the merged params as plain data."""
-    preset = folder / f"{name}.yaml"
-    if not preset.is_file():
+    if name not in preset_names(folder):  # a name, never a path (`../params`)
         raise ParamsError(f"preset {name!r} not found; known: {', '.join(preset_names(folder))}")
+    preset = folder / f"{name}.yaml"
     yaml = YAML()  # round-trip: params.yaml keeps its comments and order
+    yaml.width = 4096  # no rewrapped flow mappings
+    # null stays `null` (ruamel's round-trip writes an empty value)
+    yaml.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     params = yaml.load(params_path.read_text())
     merged = _merge(params, yaml.load(preset.read_text()))
     plain = YAML(typ="safe")

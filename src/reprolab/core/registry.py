@@ -58,7 +58,9 @@ def model_task(arch: str) -> str:
     return getattr(model_module(arch), "TASK", "supervised")
 
 
-def validate_model_options(arch: str, options: dict[str, Any], key: str) -> Any:
+def validate_model_options(
+    arch: str, options: dict[str, Any], key: str, source: str = "params.yaml"
+) -> Any:
     """Validate ``options`` against the arch module's ``Options`` schema."""
     from pydantic import ValidationError
 
@@ -71,4 +73,4 @@ def validate_model_options(arch: str, options: dict[str, Any], key: str) -> Any:
             sub = ".".join(str(p) for p in e["loc"])
             msg = e["msg"].removeprefix("Value error, ")
             details.append(f"  {key}.{sub}: {msg} (got {e['input']!r})")
-        raise ParamsError("params.yaml: invalid model options\n" + "\n".join(details)) from None
+        raise ParamsError(f"{source}: invalid model options\n" + "\n".join(details)) from None

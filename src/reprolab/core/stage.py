@@ -39,7 +39,7 @@ def run_stage(
             options_of=[args.model] if model_arg else [],
             kinds_of=[args.kind] if check_kind else [],
             # Before anything imports torch (an arch module does): it picks kernels on load.
-            before_modules=_set_numerics,
+            before_modules=set_numerics,
         )
         body(params, args)
     except ReprolabError as err:
@@ -97,7 +97,7 @@ def _failed(status: str, reason: str) -> None:
             )
 
 
-def _set_numerics(params: Params) -> None:
+def set_numerics(params: Params) -> None:
     """The numerics mode and the BLAS thread count, before anything imports torch or numpy
     (they pick kernels and pools on load); in portable mode the installed packages must be
     the pinned ones."""

@@ -134,11 +134,11 @@ def fetch_dataset(
             if not origin:
                 found = source.locate(file_name)
                 if found is None:
-                    where = f"mirror {mirror!r} nor " if mirror else ""
+                    where = f"not in mirror {mirror!r}, and " if mirror else ""
                     raise DataError(
-                        f"{dataset}: {file_name} is in neither {where}the source's location; "
-                        f"put the original file (checksum {expected}) in <mirror>/{dataset}/"
-                        f" and set `mirror` in params.yaml"
+                        f"{dataset}: {file_name}: {where}the download from its source failed "
+                        f"(offline?); put the original file (checksum {expected}) in "
+                        f"<mirror>/{dataset}/ and set `mirror` in params.yaml"
                     )
                 shutil.copyfile(found, dest)
                 origin = str(found)

@@ -217,12 +217,12 @@ def log_baselines(
     identity: str,
     metrics: dict[str, dict[str, float]],
     tags: dict[str, str],
-    close: bool,
     params: dict[str, dict] | None = None,
 ) -> None:
     """One MLflow run per baseline in the dataset's experiment (role ``baseline``), found
     again by tags: the baselines stage logs its choice and val metrics, the evaluate stage
-    the test metrics and closes it. ``identity`` (the skops file's md5) ties the two."""
+    the test metrics; each ends it (FINISHED), so a run is never left RUNNING when DVC skips
+    the evaluate stage. ``identity`` (the skops file's md5) ties the two."""
     from reprolab.tracking.runs import TAG_MODEL, TAG_ROLE, TAG_STUDY, Tracker
 
     for name, values in metrics.items():
@@ -242,5 +242,4 @@ def log_baselines(
             ).info.run_id
         tracker.set_tags(run_id, tags)
         tracker.log(run_id, metrics=values, params=(params or {}).get(name, {}))
-        if close:
-            tracker.end(run_id)
+        tracker.end(run_id)

@@ -8,11 +8,10 @@ untracked reports/train_times.tsv.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from reprolab.core import paths
-from reprolab.core.io import atomic_dir
+from reprolab.core.io import atomic_dir, read_json
 from reprolab.core.schema import Params
 from reprolab.report.figures import draw_figures
 from reprolab.tracking.runs import logged_metrics
@@ -102,7 +101,7 @@ def model_params(params: Params, name: str) -> str:
 
 
 def _read(path) -> dict:
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def leaderboard_rows(params: Params, section: Section) -> list[dict]:
@@ -152,9 +151,14 @@ def leaderboard_rows(params: Params, section: Section) -> list[dict]:
     return rows
 
 
+def ranked(params: Params) -> list[tuple[Section, list[dict]]]:
+    """The ranked rows of each section, read from the workspace's files (nothing written)."""
+    return [(section, leaderboard_rows(params, section)) for section in sections(params)]
+
+
 def leaderboards(params: Params) -> tuple[list[tuple[Section, list[dict]]], dict]:
     """The ranked rows of each section, and the figures drawn into reports/figures/."""
-    boards = [(section, leaderboard_rows(params, section)) for section in sections(params)]
+    boards = ranked(params)
     models = list(params.all_models())
     specs = {m: _read(paths.model_dir(m) / paths.SPEC_FILE) for m in models}
     inputs = {

@@ -101,12 +101,27 @@ def _alias_holder(client: MlflowClient, name: str) -> Any | None:
         raise
 
 
+def _group_holders(client: MlflowClient, dataset: str, group: str | None) -> list[str]:
+    """The registered models of ``dataset`` whose champion version is of model group
+    ``group`` (its ``group`` tag): a model since taken out of params.yaml keeps no alias."""
+    if group is None:
+        return []
+    found = client.search_registered_models(filter_string=f"name LIKE '{dataset}-%'")
+    return [
+        m.name
+        for m in found
+        if CHAMPION in (m.aliases or {})
+        and client.get_model_version(m.name, m.aliases[CHAMPION]).tags.get("group") == group
+    ]
+
+
 def promote_champion(
-    dataset: str, best: str, weights_md5: str, models: Iterable[str]
+    dataset: str, best: str, weights_md5: str, models: Iterable[str], group: str | None = None
 ) -> tuple[str | None, str | None]:
     """Alias ``champion`` the registered version of ``best`` whose weights are ``weights_md5``
-    (the model.pt that DVC tracks), and take the alias off the other models of the dataset;
-    unless the version holding it is not this workspace's to take (module docstring).
+    (the model.pt that DVC tracks), and take the alias off the other models of ``models``
+    (and of ``group``, models since removed from params.yaml included); unless the version
+    holding it is not this workspace's to take (module docstring).
 
     Returns (the version's ``models:/`` URI, why the alias stayed where it is). The URI is None
     when the store holds no such version (a fresh clone whose MLflow store never saw that
@@ -118,6 +133,7 @@ def promote_champion(
     name = registered_name(dataset, best)
     names = [registered_name(dataset, m) for m in models]
     with store_lock():
+        names += [n for n in _group_holders(client, dataset, group) if n not in names]
         version = registered_version(client, name, weights_md5)
         if version is None:
             return None, None

@@ -33,7 +33,10 @@ def download_extra_files(uri: str, names: Iterable[str], dest: Path) -> None:
         info = mlflow.models.get_model_info(uri)  # the MLmodel file alone
     except Exception as err:  # MlflowException, OSError: unknown name, alias or path
         raise CheckpointError(
-            f"{uri}: cannot find this MLflow model ({_first_line(err)})"
+            f"{uri}: cannot find this MLflow model ({_first_line(err)}) in the tracking store "
+            f"{mlflow.get_tracking_uri()}; a registry is per store (a clone's mlflow.db starts "
+            "empty): set MLFLOW_TRACKING_URI to the store that holds it, or give a model "
+            "folder (--model models/<name>, after `dvc pull`)"
         ) from None
     wanted = {f"{EXTRA_DIR}/{name}" for name in names}
     listed = {

@@ -81,6 +81,7 @@ def log_final_model(
                 "params_hash": params_hash({"model": ctx.spec.model_dump(mode="json"), **best}),
                 "device": ctx.device.type,
                 "weights_md5": weights_md5,
+                "group": ctx.group,  # the params group whose champion it can be
                 # Where and from what the result was made (tracking.champion reads them).
                 "workspace": workspace_id(),
                 "git_dirty": "true" if code_diff() else "false",

@@ -179,7 +179,7 @@ def fail_dead_trials(study: optuna.Study) -> int:
         gone = worker_host == host and pid.isdigit() and not _alive(int(pid))
         if gone or trial._trial_id not in beating:
             dead.append(trial._trial_id)
-    retry = storage.get_failed_trial_callback()
+    retry = storage.get_heartbeat_stale_trial_callback()
     for trial_id in dead:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             if storage.set_trial_state_values(trial_id, state=TrialState.FAIL) and retry:
