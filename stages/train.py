@@ -16,7 +16,8 @@ def main(params, args) -> None:
     distributed.init_from_env(params.device)  # a torchrun rank joins its group; else no-op
     try:
         ctx = task.context(params, args.model)
-        best = read_best_params(paths.model_dir(args.model))
+        tuned_by = paths.stage_name("tune", ctx.group, args.model)
+        best = read_best_params(paths.model_dir(args.model), tuned_by)
         tags = stage_tags(ctx.device.type, params, ctx.data_files(("train", "val")))
         metrics = task.train_final(ctx, best, tags)
     finally:

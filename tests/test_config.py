@@ -77,6 +77,11 @@ BAD = {
         "train.launcher",
         "--log_dir",
     ),
+    "a stray word torchrun would run as its script": (
+        {"train": {"launcher": "torchrun --standalone evil.py"}},
+        "train.launcher",
+        "evil.py",
+    ),
     "an unknown restore": ({"train": {"restore": "bestest"}}, "train.restore", "bestest"),
 }
 

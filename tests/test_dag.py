@@ -7,9 +7,9 @@ from pathlib import PurePosixPath
 import pytest
 from conftest import REPO
 
+from reprolab.core.paths import STAGE_SUFFIX as SUFFIX  # tune@mlp, tune_regressor@tabular_mlp
+
 TEST_SPLITS = [PurePosixPath(f"data/splits/{kind}/test.npz") for kind in ("image", "tabular")]
-# The stage names of each model group in dvc.yaml: tune@mlp, tune_regressor@tabular_mlp...
-SUFFIX = {"classifiers": "", "regressors": "_regressor", "generators": "_generator"}
 
 
 @pytest.fixture(scope="module")

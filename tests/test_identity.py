@@ -65,3 +65,9 @@ def test_a_gan_study_ignores_train_keys_its_trials_never_read() -> None:
     assert _name("mlp", "classification", **{"train.scheduler": "onecycle"}) != _name(
         "mlp", "classification"
     )
+
+
+def test_the_packages_a_study_holds_are_pinned_ones() -> None:
+    from reprolab.core.numerics import PINNED
+
+    assert set(identity.TRIAL_PACKAGES) <= set(PINNED)

@@ -260,6 +260,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit(f"reprolab {args.command}: interrupted")
+    except Exception as err:  # an MLflow or Optuna store's fault: one line; else a bug
+        from reprolab.core.stage import store_fault
+
+        if store_fault(err) is None:
+            raise
+        sys.exit(f"error: {store_fault(err)}")
 
 
 if __name__ == "__main__":

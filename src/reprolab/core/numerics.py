@@ -94,7 +94,10 @@ def pin_threads(threads: int) -> None:
     overrides the user's environment (read when numpy loads its BLAS), then sets the loaded
     pools with threadpoolctl: OpenBLAS caps an environment value at the machine's cores."""
     os.environ.update({name: str(threads) for name in THREAD_ENV})
-    import numpy  # noqa: F401  (loads the BLAS whose pool is set next)
+    # Load the BLAS libraries whose pools are set next: numpy's, and scipy's own OpenBLAS
+    # (scikit-learn's solvers call it), which would otherwise load later, capped at the cores.
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads)

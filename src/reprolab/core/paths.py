@@ -44,3 +44,12 @@ def split_file(kind: str, name: str) -> Path:
 
 def model_dir(model: str) -> Path:
     return MODELS / model
+
+
+# dvc.yaml's stage names per model group: tune@mlp, tune_regressor@tabular_mlp, ...
+STAGE_SUFFIX = {"classifiers": "", "regressors": "_regressor", "generators": "_generator"}
+
+
+def stage_name(step: str, group: str, model: str) -> str:
+    """The dvc.yaml name of ``step`` (tune, train, evaluate) for ``model`` of ``group``."""
+    return f"{step}{STAGE_SUFFIX[group]}@{model}"

@@ -25,30 +25,43 @@ Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 # torchrun's process and rendezvous flags: the train stage starts torch.distributed.run with
 # them itself, without a shell; nothing that names a file, a program or a shell word.
-TORCHRUN_FLAGS = {
-    "standalone", "nnodes", "nproc_per_node", "node_rank", "rdzv_backend", "rdzv_endpoint",
-    "rdzv_id", "master_addr", "master_port", "max_restarts", "monitor_interval",
+TORCHRUN_SWITCHES = {"standalone"}  # flags without a value
+TORCHRUN_OPTIONS = {
+    "nnodes", "nproc_per_node", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id",
+    "master_addr", "master_port", "max_restarts", "monitor_interval",
 }  # fmt: skip
-_FLAG = re.compile(r"--([a-z_-]+)(?:=([A-Za-z0-9_.:-]+))?")
-_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
+_FLAG = re.compile(r"--([a-z_-]+)(?:=(.*))?")
+_VALUE = re.compile(r"[A-Za-z0-9_.:][A-Za-z0-9_.:-]*")
 
 
-def _word_ok(word: str) -> bool:
-    if not word.startswith("-"):
-        return bool(_VALUE.fullmatch(word))
-    flag = _FLAG.fullmatch(word)
-    return bool(flag) and flag[1].replace("-", "_") in TORCHRUN_FLAGS
+def _flags_ok(words: list[str]) -> bool:
+    """``--switch``, ``--option value`` or ``--option=value``, and nothing else: a stray word
+    would be the script torchrun runs."""
+    while words:
+        flag = _FLAG.fullmatch(words.pop(0))
+        if flag is None:
+            return False
+        name, value = flag[1].replace("-", "_"), flag[2]
+        if name in TORCHRUN_SWITCHES and value is None:
+            continue
+        if name not in TORCHRUN_OPTIONS:
+            return False
+        value = value if value is not None else (words.pop(0) if words else "")
+        if not _VALUE.fullmatch(value):
+            return False
+    return True
 
 
 def _launcher(value: str) -> str:
     words = value.split()
-    torchrun = words[:1] == ["torchrun"] and words[1:2] != [] and words[1].startswith("--")
-    if words == ["python"] or (torchrun and all(map(_word_ok, words[1:]))):
+    if words == ["python"] or (
+        words[:1] == ["torchrun"] and len(words) > 1 and _flags_ok(words[1:])
+    ):
         return " ".join(words)
     raise ValueError(
         "must be python, or torchrun with its process and rendezvous flags ("
-        + ", ".join(f"--{f}" for f in sorted(TORCHRUN_FLAGS))
-        + "), e.g. 'torchrun --standalone --nproc_per_node 2'"
+        + ", ".join(f"--{f}" for f in sorted(TORCHRUN_SWITCHES | TORCHRUN_OPTIONS))
+        + "), each option with one value, e.g. 'torchrun --standalone --nproc_per_node 2'"
     )
 
 

@@ -56,12 +56,11 @@ def run_stage(
         _failed("KILLED", "interrupted (Ctrl-C)")
         sys.exit(f"{parser.prog}: interrupted; no output was replaced (writes are atomic)")
     except BaseException as err:
-        advice = next((a for kind, a in STORE_FAULTS if isinstance(err, kind)), None)
-        message = f"{type(err).__name__}: {_root_cause(err)[:300]}"
-        _failed("FAILED", message if advice else f"{type(err).__name__}: {err}")
-        if advice is None:
+        known = store_fault(err)
+        _failed("FAILED", known or f"{type(err).__name__}: {err}")
+        if known is None:
             raise  # a bug: keep its traceback
-        sys.exit(f"error: {message}; {advice}")
+        sys.exit(f"error: {known}")
     # The run is done. Interpreter shutdown runs full garbage collections over every object
     # torch and MLflow allocated (0.7-0.9 s a stage, bench/startup.py); frozen ones are skipped.
     gc.freeze()
@@ -74,6 +73,15 @@ STORE_FAULTS: list[tuple[type[BaseException], str]] = []
 # Called with (status, reason) when a stage fails: tracking ends the MLflow runs this
 # process left running (FAILED, or KILLED on Ctrl-C) instead of leaving them RUNNING.
 FAILURE_HOOKS: list[Callable[[str, str], None]] = []
+
+
+def store_fault(err: BaseException) -> str | None:
+    """One line for a fault of a store (STORE_FAULTS): its root cause and what to do; None
+    for anything else."""
+    advice = next((a for kind, a in STORE_FAULTS if isinstance(err, kind)), None)
+    if advice is None:
+        return None
+    return f"{type(err).__name__}: {_root_cause(err)[:300]}; {advice}"
 
 
 def _root_cause(err: BaseException) -> str:

@@ -94,6 +94,7 @@ def model_metadata(meta: dict, input_max: float) -> dict:
     return about
 
 
-def read_best_params(folder: Path) -> dict:
-    """The tuned params the tune stage wrote (best_params.json)."""
-    return read_json(folder / "best_params.json", f"tune@{folder.name}", ("lr", "weight_decay"))
+def read_best_params(folder: Path, stage: str | None = None) -> dict:
+    """The tuned params the tune stage (``stage``, default tune@<folder name>) wrote."""
+    stage = stage or f"tune@{folder.name}"
+    return read_json(folder / "best_params.json", stage, ("lr", "weight_decay"))

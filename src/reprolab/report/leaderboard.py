@@ -118,7 +118,7 @@ def leaderboard_rows(params: Params, section: Section) -> list[dict]:
                 "lr": f"{t['lr']:.3g}",
                 "weight_decay": f"{t['weight_decay']:.3g}",
                 "params": model_params(params, name),
-                "epochs": f"{t['kept_epoch']}/{t['epochs_run']}",
+                "epochs": f"{t.get('kept_epoch', t['best_epoch'])}/{t['epochs_run']}",
                 "parameters": f"{t['n_parameters']:,}",
             }
         )

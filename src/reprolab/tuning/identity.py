@@ -14,7 +14,6 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from reprolab.core.numerics import PINNED
 from reprolab.learn.context import ModelContext
 from reprolab.learn.tasks import get_task
 
@@ -70,11 +69,16 @@ def study_inputs(ctx: ModelContext) -> dict:
     }
 
 
+# The pinned packages a trial computes with (not pillow, matplotlib or skops: decoding,
+# figures and the baselines' files are outside the objective).
+TRIAL_PACKAGES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "optuna")
+
+
 @functools.cache
 def installed_versions() -> dict[str, str | None]:
-    """The installed version of each package that decides output bytes (None: absent)."""
+    """The installed version of each package a trial computes with (None: absent)."""
     found: dict[str, str | None] = {}
-    for name in PINNED:
+    for name in TRIAL_PACKAGES:
         try:
             found[name] = version(name)
         except PackageNotFoundError:

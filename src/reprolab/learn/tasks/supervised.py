@@ -93,7 +93,8 @@ class SupervisedTask(Task):
         return metrics
 
     def evaluate(self, ctx: ModelContext, tags: dict[str, str]) -> dict:
-        model, info = load_model(paths.model_dir(ctx.name), ctx.device)
+        trained_by = paths.stage_name("train", ctx.group, ctx.name).split("@")[0]
+        model, info = load_model(paths.model_dir(ctx.name), ctx.device, stage=trained_by)
         test = ctx.load("test")
         task = self.loss
         metrics, rows = task.test_report(predict(model, test), test.y, ctx.meta)
