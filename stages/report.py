@@ -10,8 +10,8 @@ def main(params, args) -> None:
     from reprolab.report.champions import promote_champions
     from reprolab.report.render import write_report
 
-    for line in promote_champions(params, write_report(params)):
-        print(f"report: {line}")
+    for line, _ in promote_champions(params, write_report(params)):
+        print(f"report: {line}")  # the report is written either way: the alias is MLflow's
 
 
 if __name__ == "__main__":

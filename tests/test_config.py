@@ -82,6 +82,11 @@ BAD = {
         "train.launcher",
         "evil.py",
     ),
+    "a value torchrun refuses": (
+        {"train": {"launcher": "torchrun --standalone --nproc_per_node 0"}},
+        "train.launcher",
+        "--nproc_per_node 0",
+    ),
     "an unknown restore": ({"train": {"restore": "bestest"}}, "train.restore", "bestest"),
 }
 

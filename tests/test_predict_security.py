@@ -152,6 +152,15 @@ def store(tmp_path_factory: pytest.TempPathFactory):
         _log_loader_module(markers["loader"], root / "loader")
         _log_pickled_weights(markers["weights"], root / "weights")
         model = _log_genuine(root / "models" / "mlp")
+        with mlflow.start_run():  # a GAN's version: its metadata says so, no extra_files
+            mlflow.pytorch.log_model(
+                torch.nn.Linear(2, 4),
+                name="model",
+                input_example=np.zeros((1, 2), np.float32),
+                registered_model_name="toy-dcgan",
+                pip_requirements=["torch"],
+                metadata={"task": "generative", "latent": 2},
+            )
         assert not any(m.exists() for m in markers.values()), "logging ran the payload"
         yield SimpleNamespace(root=root, markers=markers, model=model)
 
@@ -214,3 +223,11 @@ def test_a_version_logged_the_pipelines_way_predicts_like_its_folder(
         x = torch.from_numpy((np.arange(64).reshape(1, 1, 8, 8) * 4).astype(np.float32))
         expected = ABOUT["classes"][int(store.model(x * 16 / 255).argmax())]
     assert registry.splitlines()[1].split("\t")[1] == expected
+
+
+def test_a_generators_version_is_named_as_such(store, tmp_path: Path, capsys) -> None:
+    """Not "carries no state dict ... register it again", which retraining cannot fix."""
+    code, _ = _predict(capsys, "--model", "models:/toy-dcgan/1", str(_png(tmp_path / "x.png")))
+    assert (
+        code == "error: models:/toy-dcgan/1: a generator; predict takes classifiers and regressors"
+    )

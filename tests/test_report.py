@@ -160,10 +160,12 @@ def test_reprolab_champion_ranks_the_workspace_and_writes_no_file(
     Path("params.yaml").write_text(yaml.safe_dump(raw | {"baselines": {"image": []}}))
     _fake_outputs({"mlp": 0.8, "lenet": 0.9}, {"mlp": 0.99, "lenet": 0.5})
     before = sorted(p for p in tmp_path.rglob("*") if p.name != "mlflow.db")
-    main(["champion"])
+    with pytest.raises(SystemExit, match="not on the best network of 1 group"):
+        main(["champion"])
     out = capsys.readouterr().out
     assert "champion: classifiers on digits: best by validation: lenet" in out
     assert "champion: no registered MLflow version of lenet matches" in out
+    assert "`dvc repro -f train@lenet`" in out
     assert not Path("reports").exists()
     assert sorted(p for p in tmp_path.rglob("*") if not p.name.startswith("mlflow")) == [
         p for p in before if not p.name.startswith("mlflow")

@@ -120,13 +120,19 @@ def champion(args: argparse.Namespace) -> None:
 
     For when DVC reruns nothing: after `git checkout` and `dvc checkout` bring back an
     earlier result (an experiment discarded), the alias still names the discarded model
-    until `report` reruns. Reads the workspace's metrics and models; writes no file."""
+    until `report` reruns. Reads the workspace's metrics and models; writes no file. Exits 1
+    when a group's best network could not take the alias (not registered in this store, or
+    held by another workspace's result)."""
     from reprolab.report.champions import promote_champions
     from reprolab.report.leaderboard import ranked
 
     params = load_params(args.params)
-    for line in promote_champions(params, ranked(params)):
+    left = 0
+    for line, off in promote_champions(params, ranked(params)):
         print(f"champion: {line}")
+        left += off
+    if left:
+        sys.exit(f"error: the alias is not on the best network of {left} group(s); see above")
 
 
 def predict(args: argparse.Namespace) -> None:

@@ -26,17 +26,25 @@ Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 # torchrun's process and rendezvous flags: the train stage starts torch.distributed.run with
 # them itself, without a shell; nothing that names a file, a program or a shell word.
 TORCHRUN_SWITCHES = {"standalone"}  # flags without a value
-TORCHRUN_OPTIONS = {
-    "nnodes", "nproc_per_node", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id",
-    "master_addr", "master_port", "max_restarts", "monitor_interval",
-}  # fmt: skip
+_COUNT, _HOST = r"[1-9][0-9]*", r"[A-Za-z0-9_.-]+"
+TORCHRUN_OPTIONS = {  # option -> the values torchrun takes
+    "nnodes": rf"{_COUNT}(:{_COUNT})?",
+    "nproc_per_node": rf"{_COUNT}|auto|cpu|gpu|xpu",
+    "node_rank": r"[0-9]+",
+    "rdzv_backend": r"[a-z0-9_-]+",
+    "rdzv_endpoint": rf"{_HOST}(:[0-9]+)?",
+    "rdzv_id": _HOST,
+    "master_addr": _HOST,
+    "master_port": r"[0-9]+",
+    "max_restarts": r"[0-9]+",
+    "monitor_interval": r"[0-9]+(\.[0-9]+)?",
+}
 _FLAG = re.compile(r"--([a-z_-]+)(?:=(.*))?")
-_VALUE = re.compile(r"[A-Za-z0-9_.:][A-Za-z0-9_.:-]*")
 
 
 def _flags_ok(words: list[str]) -> bool:
-    """``--switch``, ``--option value`` or ``--option=value``, and nothing else: a stray word
-    would be the script torchrun runs."""
+    """``--switch``, ``--option value`` or ``--option=value`` with a value torchrun takes, and
+    nothing else: a stray word would be the script torchrun runs."""
     while words:
         flag = _FLAG.fullmatch(words.pop(0))
         if flag is None:
@@ -47,7 +55,7 @@ def _flags_ok(words: list[str]) -> bool:
         if name not in TORCHRUN_OPTIONS:
             return False
         value = value if value is not None else (words.pop(0) if words else "")
-        if not _VALUE.fullmatch(value):
+        if not re.fullmatch(TORCHRUN_OPTIONS[name], value):
             return False
     return True
 
@@ -60,7 +68,7 @@ def _launcher(value: str) -> str:
         return " ".join(words)
     raise ValueError(
         "must be python, or torchrun with its process and rendezvous flags ("
-        + ", ".join(f"--{f}" for f in sorted(TORCHRUN_SWITCHES | TORCHRUN_OPTIONS))
+        + ", ".join(f"--{f}" for f in sorted(TORCHRUN_SWITCHES | set(TORCHRUN_OPTIONS)))
         + "), each option with one value, e.g. 'torchrun --standalone --nproc_per_node 2'"
     )
 

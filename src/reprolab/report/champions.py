@@ -7,39 +7,47 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from reprolab.core.paths import stage_name
 from reprolab.core.schema import Params
 from reprolab.report.leaderboard import Section, champion_candidates, champion_weights_md5
 from reprolab.tracking.champion import champion_refused, promote_champion
 
 
-def promote_champions(params: Params, boards: list[tuple[Section, list[dict]]]) -> Iterator[str]:
+def promote_champions(
+    params: Params, boards: list[tuple[Section, list[dict]]]
+) -> Iterator[tuple[str, bool]]:
     """Move each group's alias to its best network (never a baseline, never one no better than
     a constant guess, never from a temp or queued experiment or `reprolab verify`); yield a
-    line saying what was done and why."""
+    line saying what was done and why, and whether the alias was left off the best network."""
     refused = champion_refused()
     for section, rows in boards:
         for row in rows:
             if row["flag"]:
-                yield f"WARNING: {row['model']} is {row['flag']}: never champion"
-        yield f"{section.group} on {section.dataset}: best by validation: {rows[0]['model']}"
+                yield f"WARNING: {row['model']} is {row['flag']}: never champion", False
+        best_row = rows[0]["model"]
+        yield f"{section.group} on {section.dataset}: best by validation: {best_row}", False
         networks = champion_candidates(rows)
         if not networks:
-            yield f"no {section.group} network beats a constant guess: champion not moved"
+            yield f"no {section.group} network beats a constant guess: champion not moved", False
             continue
         best = networks[0]
         if refused:
-            yield f"alias champion not moved: {refused}"
+            yield f"alias champion not moved: {refused}", False
             continue
         models = getattr(params, section.group)
         uri, held = promote_champion(
             section.dataset, best, champion_weights_md5(best), models, section.group
         )
         if held:
-            yield f"alias champion not moved to {uri}: {held}"
+            yield f"alias champion not moved to {uri}: {held}", True
         elif uri is None:
+            train = stage_name("train", section.group, best)
             yield (
-                f"no registered MLflow version of {best} matches models/{best}/model.pt; alias "
-                "'champion' not set (run `dvc repro -f train@...` to register it)"
+                (
+                    f"no registered MLflow version of {best} matches models/{best}/model.pt; alias "
+                    f"'champion' not set (run `dvc repro -f {train}` to register it)"
+                ),
+                True,
             )
         else:
-            yield f"alias champion -> {uri}"
+            yield f"alias champion -> {uri}", False

@@ -38,6 +38,8 @@ def download_extra_files(uri: str, names: Iterable[str], dest: Path) -> None:
             "empty): set MLFLOW_TRACKING_URI to the store that holds it, or give a model "
             "folder (--model models/<name>, after `dvc pull`)"
         ) from None
+    if (info.metadata or {}).get("task") == "generative":
+        raise CheckpointError(f"{uri}: a generator; predict takes classifiers and regressors")
     wanted = {f"{EXTRA_DIR}/{name}" for name in names}
     listed = {
         str(entry.get("path")) if isinstance(entry, dict) else ""

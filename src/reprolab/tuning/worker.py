@@ -218,7 +218,7 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
     """Run (or resume) the study until ``n_trials`` trials have finished, with
     ``tune.workers`` workers: this process and ``workers - 1`` spawned ones."""
     p, tune = ctx.params, ctx.tune
-    if tune.n_trials <= tune.sampler_startup_trials:
+    if tune.n_trials <= tune.sampler_startup_trials and ctx.spec.budget.n_trials is None:
         log.warning(
             "warning: %s: tune.n_trials (%d) <= tune.sampler_startup_trials (%d): every trial "
             "is drawn at random (random search, TPE never runs)",

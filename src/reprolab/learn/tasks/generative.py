@@ -169,6 +169,7 @@ def train_gan(ctx: GanContext, best: dict, tags: dict[str, str]) -> dict:
     about = {
         **ctx.environment,
         "model": ctx.name,
+        "task": "generative",
         "study": best["study"],
         "scorer": spec.scorer.model,
         "scorer_weights_md5": ctx.scorer_md5(),
