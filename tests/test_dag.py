@@ -29,6 +29,7 @@ def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list
             s.name: {
                 "deps": [PurePosixPath(d.def_path).as_posix() for d in s.deps],
                 "params": [k for p in s.params for k in p.params],
+                "transient": [o.def_path for o in s.outs if not o.persist],
             }
             for s in repo.index.stages
         }
@@ -163,3 +164,11 @@ def test_tune_stages_declare_what_the_study_identity_holds(stages: dict) -> None
             assert declared == set(task.trial_train_keys), model
             assert {"numerics", "threads", "seed", "tune"} <= set(s["params"])
             assert "requirements.lock" in s["deps"]
+
+
+def test_no_output_is_deleted_before_its_stage_runs(stages: dict) -> None:
+    """Every output is `persist`: DVC never deletes it first, so a stage that fails (a bad
+    params value, a store fault) leaves the last result whole; stages replace their outputs
+    atomically instead."""
+    transient = {name: s["transient"] for name, s in stages.items() if s["transient"]}
+    assert not transient, transient
