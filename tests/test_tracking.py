@@ -285,3 +285,17 @@ def test_parent_runs_are_named_after_the_dvc_experiment_or_the_commit(
     monkeypatch.delenv("DVC_EXP_NAME")
     outside_git = Tracker("toy", "mlp", "toy.mlp.fedcba987654").parent_run_id({})
     assert client.get_run(outside_git).info.run_name == "mlp@fedcba987654"
+
+
+def test_a_store_fault_is_never_taken_for_no_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check guarding the alias must not be skipped: a store that does not answer raises,
+    where "no such model" or "no such alias" mean nobody holds it."""
+    from mlflow.exceptions import MlflowException
+
+    from reprolab.tracking.champion import _alias_holder
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    down = MlflowClient("http://127.0.0.1:9")  # the discard port: nothing answers
+    with pytest.raises(MlflowException):
+        _alias_holder(down, "toy-mlp")
