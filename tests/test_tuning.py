@@ -40,15 +40,18 @@ def wait_for_trials(storage: str, count: int, timeout: float = 420) -> optuna.St
             summaries = optuna.get_all_study_summaries(storage)
         for summary in summaries:
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            if len(finished(study)) >= count:
+            # And a trial running, so that a kill now leaves one to retry instead of landing
+            # between two trials (trials on the tiny data take a fraction of a second).
+            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            if len(finished(study)) >= count and running:
                 return study
-        time.sleep(0.2)
+        time.sleep(0.02)
     raise AssertionError(f"no study reached {count} finished trials in {timeout}s")
 
 
 def kill_tune_after(repo: Path, storage: str, trials: int, log: Path) -> optuna.Study:
     """Run `dvc repro tune@mlp`; SIGKILL it (dvc, the stage, its spawned workers) once the
-    study has ``trials`` finished trials."""
+    study has ``trials`` finished trials and another running."""
     with open(log, "w") as out:
         proc = subprocess.Popen(
             ["dvc", "repro", "tune@mlp"],
