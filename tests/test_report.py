@@ -24,17 +24,14 @@ TRIALS = "trial\tstate\tvalue\tlr\tweight_decay\tepochs\n" + "".join(
 )
 
 
+# train.json's `train` block of every fake model (its parameter count aside).
+TRAINED = {"best_epoch": 2, "kept_epoch": 2, "epochs_run": 3, "lr": 0.01, "weight_decay": 1e-4}
+
+
 def _fake_regressor(name: str, val_rmsle: float) -> None:
     train = {
         "val": {"rmsle": val_rmsle, "rmse": 50.0, "r2": 0.4, "loss": val_rmsle},
-        "train": {
-            "best_epoch": 2,
-            "kept_epoch": 2,
-            "epochs_run": 3,
-            "lr": 0.01,
-            "weight_decay": 1e-4,
-        }
-        | {"n_parameters": 99},
+        "train": TRAINED | {"n_parameters": 99},
     }
     write_json(f"metrics/{name}/train.json", train)
     write_json(f"metrics/{name}/test.json", train["val"] | {"n_test": 3})
@@ -58,14 +55,7 @@ def _fake_outputs(val_acc: dict[str, float], test_acc: dict[str, float]) -> None
     for model in val_acc:
         train = {
             "val": {"accuracy": val_acc[model], "loss": 0.3, "macro_f1": 0.9},
-            "train": {
-                "best_epoch": 2,
-                "kept_epoch": 2,
-                "epochs_run": 3,
-                "lr": 0.01,
-                "weight_decay": 1e-4,
-            }
-            | {"n_parameters": 1234},
+            "train": TRAINED | {"n_parameters": 1234},
         }
         test = {"accuracy": test_acc[model], "loss": 0.4, "macro_f1": 0.8}
         write_json(f"metrics/{model}/train.json", train)

@@ -269,9 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # an MLflow or Optuna store's fault: one line; else a bug
         from reprolab.core.stage import store_fault
 
-        if store_fault(err) is None:
+        known = store_fault(err)
+        if known is None:
             raise
-        sys.exit(f"error: {store_fault(err)}")
+        sys.exit(f"error: {known}")
 
 
 if __name__ == "__main__":

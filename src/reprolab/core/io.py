@@ -69,9 +69,9 @@ def read_json(
     from reprolab.core.errors import CheckpointError
 
     error = fault or CheckpointError
-    rerun = f"dvc repro -f {stage}" if stage else "dvc repro"
+    run, rerun = (f"dvc repro {stage}", f"dvc repro -f {stage}") if stage else ("dvc repro",) * 2
     if not path.is_file():
-        raise error(f"{path}: not found; run `{rerun.replace(' -f', '')}` (or `dvc pull`)")
+        raise error(f"{path}: not found; run `{run}` (or `dvc pull`)")
     try:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:

@@ -137,17 +137,14 @@ def promote_champion(
         version = registered_version(client, name, weights_md5)
         if version is None:
             return None, None
-        for other_name in names:
-            holder = _alias_holder(client, other_name)
-            if holder is None or (holder.name, str(holder.version)) == (name, version):
+        holders = {n: h for n in names if (h := _alias_holder(client, n)) is not None}
+        for holder in holders.values():
+            if (holder.name, str(holder.version)) == (name, version):
                 continue
             held = _held(holder, git_sha())
             if held:
                 return f"models:/{name}/{version}", held
         client.set_registered_model_alias(name, CHAMPION, version)
-        for other_name in names:
-            if other_name == name:
-                continue
-            if _alias_holder(client, other_name) is not None:
-                client.delete_registered_model_alias(other_name, CHAMPION)
+        for other_name in holders.keys() - {name}:  # read under the lock: still theirs
+            client.delete_registered_model_alias(other_name, CHAMPION)
     return f"models:/{name}/{version}", None

@@ -93,7 +93,7 @@ class SupervisedTask(Task):
         return metrics
 
     def evaluate(self, ctx: ModelContext, tags: dict[str, str]) -> dict:
-        trained_by = paths.stage_name("train", ctx.group, ctx.name).split("@")[0]
+        trained_by = f"train{paths.STAGE_SUFFIX[ctx.group]}"  # load_model adds @<model>
         model, info = load_model(paths.model_dir(ctx.name), ctx.device, stage=trained_by)
         test = ctx.load("test")
         task = self.loss
