@@ -10,7 +10,7 @@ UI_PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test test-fast lint format exps ui dashboard clean-stores
+.PHONY: help install repro test test-fast test-cpus lint format exps ui dashboard clean-stores
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ test: install ## run the whole test suite (slow end-to-end cases included)
 
 test-fast: install ## run the tests without the slow end-to-end cases
 	$(RUN) python -m pytest -m "not slow"
+
+test-cpus: install ## rerun the computing stages on emulated Intel and AMD CPUs (QEMU), vs tests/golden
+	@command -v qemu-x86_64 >/dev/null || { echo "qemu-x86_64 missing: apt-get install qemu-user"; exit 1; }
+	$(RUN) REPROLAB_TEST_CPUS=1 python -m pytest tests/test_cpus.py
 
 lint: install ## ruff check and format check
 	$(RUN) ruff check . && $(RUN) ruff format --check .

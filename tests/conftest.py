@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import select
@@ -177,6 +178,29 @@ def md5s(repo: Path, patterns: list[str]) -> dict[str, str]:
         for path in sorted(repo.glob(pattern)):
             out[path.relative_to(repo).as_posix()] = hashlib.md5(path.read_bytes()).hexdigest()
     return out
+
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny_outputs.json"
+
+
+def output_hashes(repo: Path, stages: set[str] | None = None) -> dict[str, str]:
+    """{path: md5} of the outputs ``repo``'s dvc.lock records (of ``stages``, or all): what
+    tests/golden/tiny_outputs.json holds. A study's name hashes the code it runs, so files that
+    record it are hashed without it: an edit that changes no number keeps the golden file."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    hashes = {
+        out["path"]: out["md5"]
+        for name, stage in lock["stages"].items()
+        if stages is None or name in stages
+        for out in stage["outs"]
+    }
+    for path in hashes:
+        if path.endswith(("best_params.json", "model.json")):
+            record = json.loads((repo / path).read_text())
+            record.pop("study", None)
+            text = json.dumps(record, sort_keys=True).encode()
+            hashes[path] = "without study: " + hashlib.md5(text).hexdigest()
+    return hashes
 
 
 @pytest.fixture

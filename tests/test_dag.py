@@ -30,6 +30,7 @@ def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list
                 "deps": [PurePosixPath(d.def_path).as_posix() for d in s.deps],
                 "params": [k for p in s.params for k in p.params],
                 "transient": [o.def_path for o in s.outs if not o.persist],
+                "cached": [o.def_path for o in s.outs if o.use_cache],
             }
             for s in repo.index.stages
         }
@@ -172,3 +173,11 @@ def test_no_output_is_deleted_before_its_stage_runs(stages: dict) -> None:
     atomically instead."""
     transient = {name: s["transient"] for name, s in stages.items() if s["transient"]}
     assert not transient, transient
+
+
+def test_every_stage_has_an_output_a_fresh_clone_lacks(stages: dict) -> None:
+    """A fresh clone has git's files, not DVC's cache: a stage whose outputs were all in git
+    would be skipped there, leaving the MLflow and Optuna stores without its runs, trials and
+    test metrics. Each stage keeps one output in DVC's cache, so the first `dvc repro` of a
+    clone recomputes every stage (and matches dvc.lock bit for bit)."""
+    assert {name for name, s in stages.items() if not s["cached"]} == set()

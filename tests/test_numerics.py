@@ -166,3 +166,15 @@ def test_threads_pins_the_blas_under_numpy_whatever_the_environment(when: str) -
     pools = json.loads(out.stdout)  # numpy's OpenBLAS, scipy's own, OpenMP's...
     blas = [threads for api, threads in pools if api == "openblas"]
     assert len(blas) >= 2 and set(blas) == {3}, pools
+
+
+def test_cpuid_reads_what_the_kernel_reports_natively() -> None:
+    """Natively, CPUID (what an emulated CPU answers too) and /proc/cpuinfo agree on the
+    vendor and every recorded flag; `model.json`'s portable CPU text names no CPU."""
+    cpu = numerics.cpu_info()
+    assert cpu.source == "cpuid"
+    kernel = numerics._read_proc_cpuinfo()
+    assert (cpu.vendor, cpu.flags) == (kernel.vendor, kernel.flags)
+    assert " ".join(numerics.PORTABLE_FEATURES) in numerics.provenance_cpu("portable")
+    assert cpu.vendor not in numerics.provenance_cpu("portable")
+    assert cpu.vendor in numerics.provenance_cpu("native")

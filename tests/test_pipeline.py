@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import (
+    GOLDEN,
     TINY_MODELS,
     TINY_PARAMS,
     copy_repo,
     md5s,
+    output_hashes,
     run,
     set_params,
     stages_run,
@@ -223,30 +225,15 @@ def test_changing_the_split_seed_reruns_everything_downstream(
     assert stale == ALL_STAGES - upstream
 
 
-GOLDEN = Path(__file__).parent / "golden" / "tiny_outputs.json"
-
-
 def test_output_hashes_match_the_golden_file_written_on_another_machine(pipeline: dict) -> None:
     """Portable numerics: every output hash of the TINY pipeline's dvc.lock equals the one
     recorded in tests/golden/tiny_outputs.json, on any x86-64 machine with AVX2 (this also
-    proves a clean run reproduces an earlier one byte for byte, on this machine or another).
+    proves a clean run reproduces an earlier one byte for byte, on this machine or another;
+    tests/test_cpus.py reruns the computing stages on emulated Intel and AMD CPUs).
     After a change that is meant to change results: REPROLAB_WRITE_GOLDEN=1 pytest -k golden."""
-    import hashlib
-    import json
     import os
 
-    import yaml
-
-    lock = yaml.safe_load((pipeline["repo"] / "dvc.lock").read_text())
-    hashes = {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage["outs"]}
-    # A study's name hashes the code it runs: files that record it are compared without it,
-    # so an edit that changes no number keeps the golden file.
-    for path in hashes:
-        if path.endswith(("best_params.json", "model.json")):
-            record = json.loads((pipeline["repo"] / path).read_text())
-            record.pop("study", None)
-            text = json.dumps(record, sort_keys=True).encode()
-            hashes[path] = "without study: " + hashlib.md5(text).hexdigest()
+    hashes = output_hashes(pipeline["repo"])
     if os.environ.get("REPROLAB_WRITE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(hashes, indent=2, sort_keys=True) + "\n")
@@ -254,6 +241,17 @@ def test_output_hashes_match_the_golden_file_written_on_another_machine(pipeline
     golden = json.loads(GOLDEN.read_text())
     differ = {p: (golden.get(p), h) for p, h in hashes.items() if golden.get(p) != h}
     assert not differ, f"outputs whose bits differ from the golden file: {differ}"
+
+
+def test_a_fresh_clone_recomputes_every_stage(pipeline: dict, tmp_path: Path) -> None:
+    """A clone has git's files and no DVC cache: every stage has an output it lacks, so its
+    first `dvc repro` recomputes them all (the stores get every run, trial and test metric)."""
+    repo = copy_repo(pipeline["repo"], tmp_path / "repo")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "results"], repo)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    assert set(json.loads(run(["dvc", "status", "--json"], clone).stdout)) == ALL_STAGES
 
 
 def test_a_new_torch_pin_or_numerics_mode_reruns_what_it_computes(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from reprolab.core.errors import ParamsError, ReprolabError
 from reprolab.core.params import load_params
-from reprolab.core.schema import GROUPS
+from reprolab.core.schema import GROUPS, Params
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -41,11 +41,19 @@ def _load(args: argparse.Namespace, model: str | None = None):
     )
 
 
+def _require_cpu(params: Params) -> None:
+    if params.numerics == "portable":
+        from reprolab.core import numerics
+
+        numerics.require_portable()
+
+
 def check(args: argparse.Namespace) -> None:
     """Validate a params file completely, every model's arch options included.
 
     Prints each model group with the dataset it reads."""
-    params = load_params(args.params)
+    # A CPU the portable kernels cannot run on: one line, before the checks load numpy.
+    params = load_params(args.params, before_modules=_require_cpu)
     groups = "; ".join(
         f"{group} on {params.dataset_of(next(iter(models)))}: {', '.join(models)}"
         for group in GROUPS

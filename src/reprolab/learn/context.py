@@ -8,7 +8,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from reprolab.core import paths
+from reprolab.core import numerics, paths
 from reprolab.core.errors import ParamsError
 from reprolab.core.io import md5_file
 from reprolab.core.schema import ModelSpec, Params, TrainParams, TuneParams
@@ -93,11 +93,16 @@ class ModelContext:
 
     @property
     def environment(self) -> dict[str, str]:
-        """What model.json records of the run's environment: the numerics mode and the torch
-        release (not the build tag, e.g. +cpu / +cu130, nor the CPU: in portable mode the bits
-        are the same on every x86-64 machine with AVX2)."""
+        """What model.json records of the run's environment: the numerics mode, the CPUs its
+        bits hold on (core.numerics.provenance_cpu: in portable mode the class, the same text
+        on every such CPU; the exact CPU is in the run's MLflow tags) and the torch release
+        (not the build tag, e.g. +cpu / +cu130)."""
         return {
             "numerics": self.params.numerics,
+            # On a GPU the device's model decides the bits (MLflow tags record it).
+            "cpu": numerics.provenance_cpu(self.params.numerics)
+            if self.device.type == "cpu"
+            else f"not used for the kernels (device: {self.device.type})",
             "torch": torch.__version__.split("+")[0],
             "device": self.device.type,
             "threads": self.params.threads,

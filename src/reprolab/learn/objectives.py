@@ -53,6 +53,35 @@ class Classification:
         return metrics, confusion_rows(y_true, y_pred, classes)
 
 
+class _ExactSqrt(torch.autograd.Function):
+    """sqrt rounded exactly, so a loss has the same bits on every CPU. ATen's float sqrt (and
+    pow(x, 0.5)) runs oneMKL VML, whose kernel under MKL_CBWR=COMPATIBLE seeds from RSQRTPS,
+    an approximate instruction whose bits differ between Intel and AMD (it gave the tabular
+    regressor other weights on an Intel Xeon than on the AMD EPYC that wrote dvc.lock;
+    docs/reproducibility.md). numpy's sqrt is the IEEE instruction (SQRTSS/SQRTPS), exactly
+    rounded on every CPU. CUDA's sqrt is IEEE-rounded already. The gradient is torch's own
+    formula, grad / (2 sqrt(x)), with exact division."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if x.device.type == "cpu":
+            root = torch.as_tensor(np.sqrt(x.detach().numpy()))
+        else:
+            root = torch.sqrt(x)
+        ctx.save_for_backward(root)
+        return root
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (root,) = ctx.saved_tensors
+        return grad / (2 * root)
+
+
+def exact_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """Exactly rounded sqrt with autograd (see :class:`_ExactSqrt`)."""
+    return _ExactSqrt.apply(x)
+
+
 class Regression:
     name = "regression"
     score = "rmsle"
@@ -62,7 +91,7 @@ class Regression:
         return 1
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(nn.functional.mse_loss(outputs[:, 0], torch.log1p(y)))
+        return exact_sqrt(nn.functional.mse_loss(outputs[:, 0], torch.log1p(y)))
 
     def loss_and_score(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = self.loss(outputs, y)
