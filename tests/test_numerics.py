@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reprolab.core import numerics
+from reprolab.core import cpuid, numerics
 from reprolab.core.errors import ReprolabError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def test_portable_refuses_packages_other_than_the_pinned_ones(tmp_path: Path) ->
 
 PROBE_THREADS = """
 import json, sys
-from reprolab.core import numerics
+from reprolab.core import cpuid, numerics
 if sys.argv[1] == "late":
     import numpy  # loaded before the pin: threadpoolctl sets the live pool
 numerics.pin_threads(3)
@@ -173,7 +173,7 @@ def test_cpuid_reads_what_the_kernel_reports_natively() -> None:
     vendor and every recorded flag; `model.json`'s portable CPU text names no CPU."""
     cpu = numerics.cpu_info()
     assert cpu.source == "cpuid"
-    kernel = numerics._read_proc_cpuinfo()
+    kernel = cpuid.read_proc_cpuinfo()
     assert (cpu.vendor, cpu.flags) == (kernel.vendor, kernel.flags)
     assert " ".join(numerics.PORTABLE_FEATURES) in numerics.provenance_cpu("portable")
     assert cpu.vendor not in numerics.provenance_cpu("portable")

@@ -9,7 +9,7 @@ Portable mode caps every CPU kernel dispatcher torch uses to AVX2:
   COMPATIBLE branch, see :data:`PORTABLE_ENV`),
 * OpenBLAS under numpy and scikit-learn (``OPENBLAS_CORETYPE``),
 * numpy's own SIMD loops (``NPY_DISABLE_CPU_FEATURES``: its AVX-512 float64 log1p, expm1,
-  exp and log give other bits than its AVX2 ones).
+  exp and log give other bits than its AVX2 ones; only its baseline loops run).
 
 Portable mode needs the x86-64-v3 features those capped kernels run (:data:`PORTABLE_FEATURES`);
 on a CPU without them it refuses in one line (an AVX2 kernel there is an illegal instruction,
@@ -34,15 +34,13 @@ This module deliberately does not import torch at module level.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import mmap
 import os
 import platform
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
+from reprolab.core import cpuid
+from reprolab.core.cpuid import cpu_info
 from reprolab.core.errors import ReprolabError
 
 MODES: tuple[str, ...] = ("portable", "native")
@@ -58,26 +56,23 @@ PORTABLE_ENV: dict[str, str] = {
     "MKL_CBWR": "COMPATIBLE",
     # numpy/scipy's OpenBLAS (the scikit-learn baselines): its AVX2 kernel set.
     "OPENBLAS_CORETYPE": "Haswell",
-    # numpy's dispatched loops: X86_V3 (AVX2, FMA) at most; its AVX-512 targets are named
-    # (numpy 2.4's names; an unknown or absent one is ignored, e.g. on an AVX2-only CPU).
-    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    # numpy's dispatched loops: none, its baseline (SSE4.2) loops only (numpy 2.4's target
+    # names; an absent one is ignored). Its AVX-512 float64 log1p, expm1, exp and log give
+    # other bits than its AVX2 ones; its AVX2 argsort (x86-simd-sort: other orders of ties
+    # than the scalar one) is what QEMU 7.2 emulates wrongly, so the emulated-CPU check
+    # (tests/test_cpus.py) can only run baseline loops. Float64 math then calls libm, as
+    # numpy's AVX2 build does; numpy does little of the pipeline's work (BLAS is OpenBLAS).
+    "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
 }
+
+_NUMPY_TARGETS = tuple(PORTABLE_ENV["NPY_DISABLE_CPU_FEATURES"].split())
 
 #: What the capped kernels run: torch's AVX2 ATen kernels and MKL, oneDNN's AVX2 JIT,
 #: OpenBLAS's Haswell kernels and numpy's X86_V3 loops (AVX2 with FMA, F16C, BMI1/2).
 PORTABLE_FEATURES: tuple[str, ...] = ("avx", "avx2", "fma", "f16c", "bmi1", "bmi2")
 
 #: The flags recorded with a run (MLflow tags): the ones that pick kernels, or would.
-RECORDED_FLAGS: tuple[str, ...] = (
-    *PORTABLE_FEATURES,
-    "avx512f",
-    "avx512bw",
-    "avx512vl",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-)
+RECORDED_FLAGS = cpuid.FLAGS
 
 _TRUE_CAPABILITY = "AVX2"  # what torch.backends.cpu.get_cpu_capability() reports when capped
 
@@ -88,104 +83,6 @@ class NumericsTooLateError(ReprolabError):
 
 class PortableUnsupportedError(ReprolabError):
     """This CPU lacks a feature the portable kernels need (or is not x86-64)."""
-
-
-@dataclass(frozen=True)
-class CpuInfo:
-    vendor: str  # "GenuineIntel", "AuthenticAMD"
-    model: str  # the brand string: "AMD EPYC 7763 64-Core Processor"
-    flags: frozenset[str]  # of RECORDED_FLAGS, usable (the OS saves their registers)
-    source: str  # "cpuid" (the instruction), "/proc/cpuinfo" or "none"
-
-
-# CPUID leaf -> (register, bit, flag). Leaf 1 ECX and leaf 7 (subleaf 0) EBX/ECX/EDX.
-_CPUID_FLAGS = (
-    (1, 2, 12, "fma"),
-    (1, 2, 28, "avx"),
-    (1, 2, 29, "f16c"),
-    (7, 1, 3, "bmi1"),
-    (7, 1, 5, "avx2"),
-    (7, 1, 8, "bmi2"),
-    (7, 1, 16, "avx512f"),
-    (7, 1, 30, "avx512bw"),
-    (7, 1, 31, "avx512vl"),
-    (7, 2, 11, "avx512_vnni"),
-    (7, 3, 23, "avx512_fp16"),
-    (7, 3, 24, "amx_tile"),
-)
-_YMM_FLAGS = frozenset({"fma", "avx", "f16c", "avx2"})  # need XCR0 bits 1-2 (SSE, AVX state)
-_ZMM_FLAGS = frozenset(f for f in RECORDED_FLAGS if f.startswith("avx512"))  # bits 5-7 too
-
-# x86-64 machine code (System V ABI), run through ctypes from an executable page:
-# cpuid(leaf=edi, subleaf=esi, out=rdx) stores eax, ebx, ecx, edx at out[0..3];
-# xgetbv0() returns XCR0 (which register states the OS saves).
-_CPUID_CODE = bytes.fromhex("5389f889f14989d00fa241890041895804418948084189500c5bc3")
-_XGETBV_CODE = bytes.fromhex("31c90f01d048c1e2204809d0c3")
-
-
-def _read_cpuid() -> CpuInfo:
-    """Ask the CPU itself. Raises OSError where executable memory is refused (W^X policy)."""
-    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    page.write(_CPUID_CODE + _XGETBV_CODE)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(page))
-    cpuid = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p)(base)
-    xgetbv = ctypes.CFUNCTYPE(ctypes.c_uint64)(base + len(_CPUID_CODE))
-
-    def call(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-        out = (ctypes.c_uint32 * 4)()
-        cpuid(leaf, subleaf, ctypes.addressof(out))
-        return tuple(out)  # type: ignore[return-value]
-
-    top, ebx, ecx, edx = call(0)
-    vendor = b"".join(r.to_bytes(4, "little") for r in (ebx, edx, ecx)).decode("ascii", "replace")
-    regs = {1: call(1), 7: call(7) if top >= 7 else (0, 0, 0, 0)}
-    flags = {name for leaf, reg, bit, name in _CPUID_FLAGS if regs[leaf][reg] >> bit & 1}
-    osxsave = regs[1][2] >> 27 & 1
-    xcr0 = xgetbv() if osxsave else 0
-    if xcr0 & 0b110 != 0b110:
-        flags -= _YMM_FLAGS | _ZMM_FLAGS
-    elif xcr0 & 0b11100110 != 0b11100110:
-        flags -= _ZMM_FLAGS
-    if regs[7][1] >> 16 & 1 and call(7, 1)[0] >> 5 & 1:  # leaf 7.1 EAX bit 5
-        flags.add("avx512_bf16")
-    model = ""
-    if call(0x80000000)[0] >= 0x80000004:
-        raw = b"".join(
-            r.to_bytes(4, "little") for leaf in range(0x80000002, 0x80000005) for r in call(leaf)
-        )
-        model = " ".join(raw.rstrip(b"\0").decode("ascii", "replace").split())
-    page.close()
-    return CpuInfo(vendor, model, frozenset(flags), "cpuid")
-
-
-def _read_proc_cpuinfo() -> CpuInfo:
-    fields: dict[str, str] = {}
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if not line.strip():
-                break  # the first processor is enough
-            fields.setdefault(key.strip(), value.strip())
-    linux = set(fields.get("flags", "").split())
-    flags = {f for f in RECORDED_FLAGS if f in linux} | ({"bmi1"} if "bmi1" in linux else set())
-    return CpuInfo(
-        fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(flags), "/proc/cpuinfo"
-    )
-
-
-@functools.cache
-def cpu_info() -> CpuInfo:
-    """This CPU: vendor, model and the flags that pick kernels, from the CPUID instruction (so
-    an emulated CPU reports itself), else /proc/cpuinfo (the host's, under an emulator)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return CpuInfo("", platform.processor() or platform.machine(), frozenset(), "none")
-    try:
-        return _read_cpuid()
-    except (OSError, ValueError, AttributeError):
-        try:
-            return _read_proc_cpuinfo()
-        except OSError:
-            return CpuInfo("", "", frozenset(), "none")
 
 
 def portable_missing() -> list[str]:
@@ -244,10 +141,10 @@ def apply(mode: str) -> None:
                 + "."
             )
     numpy_features = _numpy_features()
-    if numpy_features.get("X86_V4") or numpy_features.get("AVX512_ICL"):
+    if any(numpy_features.get(f) for f in _NUMPY_TARGETS):
         raise NumericsTooLateError(
             "numerics mode 'portable' requested but numpy is already imported with its "
-            "AVX-512 loops enabled; call numerics.apply('portable') before anything imports "
+            "AVX2/AVX-512 loops enabled; call numerics.apply('portable') before anything imports "
             "numpy, or start the process with "
             f"NPY_DISABLE_CPU_FEATURES='{PORTABLE_ENV['NPY_DISABLE_CPU_FEATURES']}'."
         )
@@ -311,8 +208,8 @@ def describe(mode: str) -> dict[str, str]:
 
     Call after torch is imported. ``portable_ok`` is "true" only if the mode is portable, the
     CPU has every :data:`PORTABLE_FEATURES`, torch actually runs AVX2 kernels with all caps in
-    force, and numpy's AVX-512 loops are off. The CPU (vendor, model, the flags that pick
-    kernels, and how they were read) is recorded beside it.
+    force, and numpy's dispatched (AVX2, AVX-512) loops are off. The CPU (vendor, model, the
+    flags that pick kernels, and how they were read) is recorded beside it.
     """
     _check_mode(mode)
     import numpy  # noqa: F401  (its enabled loops are part of the answer)
@@ -322,7 +219,7 @@ def describe(mode: str) -> dict[str, str]:
     supported = machine_supports_portable()
     caps_in_force = all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items())
     npy = _numpy_features()
-    numpy_capped = not any(npy.get(f) for f in ("X86_V4", "AVX512_ICL", "AVX512_SPR"))
+    numpy_capped = not any(npy.get(f) for f in _NUMPY_TARGETS)
     cpu = cpu_info()
     out = {
         "numerics.mode": mode,
@@ -335,7 +232,7 @@ def describe(mode: str) -> dict[str, str]:
         "numerics.cpu_model": cpu.model,
         "numerics.cpu_flags": " ".join(f for f in RECORDED_FLAGS if f in cpu.flags),
         "numerics.cpu_read_from": cpu.source,
-        "numerics.numpy_avx512": str(not numpy_capped).lower(),
+        "numerics.numpy_simd_dispatch": str(not numpy_capped).lower(),
         "numerics.portable_ok": str(
             mode == "portable"
             and supported
