@@ -10,7 +10,7 @@ from typing import Any
 
 # How much of a value (or a name) an error message echoes: a bad value can be a 50 MB string
 # or a whole expanded section, and the message must stay one readable line.
-SHOWN_CHARS = 40
+SHOWN_CHARS = 60
 
 
 def cut(text: str, limit: int = SHOWN_CHARS) -> str:
