@@ -71,9 +71,15 @@ def lr_find(args: argparse.Namespace) -> None:
     # After _load: torch loads with the numerics mode's CPU kernel caps in place.
     from reprolab.core.io import atomic_path, write_json, write_tsv
     from reprolab.learn.context import ModelContext
-    from reprolab.learn.lr_find import check_range, lr_range_test, plot_range_test
+    from reprolab.learn.lr_find import (
+        check_out_folder,
+        check_range,
+        lr_range_test,
+        plot_range_test,
+    )
 
     check_range(args.start_lr, args.end_lr, args.steps)
+    check_out_folder(Path(args.out))
     ctx = ModelContext(params, args.model)
     result = lr_range_test(
         ctx.new_model(),
