@@ -290,3 +290,35 @@ def test_error_messages_cut_every_echoed_value_and_count_the_rest() -> None:
     with pytest.raises(ParamsError) as err:
         validate_params(deep_merge(DEFAULT, {"datasets": {"image": huge}}), options_of=[])
     assert len(str(err.value)) < 300, str(err.value)[:300]
+
+
+@pytest.mark.parametrize("length", [300, 230])
+def test_a_model_key_too_long_for_the_file_system_is_refused_by_check(length: int) -> None:
+    """A 300-character key passed `reprolab check`; `dvc repro` then failed with "File name
+    too long; free space or fix the permissions". 230 fits a name but not its temp files."""
+    key = "m" * length
+    bad = deep_merge(DEFAULT, {"classifiers": {key: {"arch": "mlp"}}})
+    with pytest.raises(ParamsError, match=rf"model name of {length} characters is too long") as e:
+        validate_params(bad, options_of=[])
+    assert len(str(e.value)) < 400, str(e.value)
+    fits = deep_merge(DEFAULT, {"classifiers": {"m" * 150: {"arch": "mlp"}}})
+    validate_params(fits, options_of=[])
+
+
+def test_a_name_too_long_for_the_file_system_is_not_advised_as_free_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(DEFAULT))
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+    def body(params, args) -> None:
+        raise OSError(errno.ENAMETOOLONG, "File name too long", "plots/curves/" + "m" * 300)
+
+    with pytest.raises(SystemExit) as exited:
+        stage.run_stage("a stage", body)
+    message = str(exited.value)
+    assert "free space" not in message and "shorten" in message, message
+    assert message.startswith("error: plots/curves/mmm") and len(message) < 250, message

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from reprolab.core import registry
+from reprolab.core import paths, registry
 from reprolab.core.errors import ParamsError, shown
 from reprolab.core.specs import (
     Count,
@@ -217,6 +217,7 @@ class Params(_Strict):
         for name in models:
             if not name.replace("_", "").isalnum():
                 raise ValueError(f"model name {shown(name)} must be letters, digits and '_'")
+            paths.check_key_fits(name)
         return models
 
     @field_validator("generators")

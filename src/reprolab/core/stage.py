@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import sys
 from collections.abc import Callable
 
 from reprolab.core import numerics
-from reprolab.core.errors import ReprolabError
+from reprolab.core.errors import ReprolabError, cut
 from reprolab.core.params import load_params
 from reprolab.core.schema import Params
 
@@ -46,11 +47,13 @@ def run_stage(
         _failed("FAILED", str(err))
         sys.exit(f"error: {err}")
     except OSError as err:  # the machine's fault: disk full, read-only or forbidden folder
-        where = f"{err.filename}: " if err.filename else ""
+        where = f"{cut(str(err.filename), 120)}: " if err.filename else ""
         message = f"{where}{err.strerror or err}"
         _failed("FAILED", message)
         if isinstance(err, FileNotFoundError):
             sys.exit(f"error: {message}; run `dvc repro` (or `dvc pull`) to produce it")
+        if err.errno == errno.ENAMETOOLONG:
+            sys.exit(f"error: {message}; shorten the model's key in params.yaml (or the path)")
         sys.exit(f"error: {message}; free space or fix the permissions, then rerun the stage")
     except KeyboardInterrupt:
         _failed("KILLED", "interrupted (Ctrl-C)")
