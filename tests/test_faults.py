@@ -244,3 +244,25 @@ def test_a_truncated_split_file_is_one_line_saying_to_rerun_the_split(
     path.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
     with pytest.raises(DataError, match=r"train.npz: unreadable .*rerun `dvc repro split@image`"):
         load_split(path, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("layout", ["val class not in train", "no class folder"])
+def test_an_imagefolder_fault_names_the_users_folder_not_a_temp_copy(
+    tmp_path: Path, layout: str
+) -> None:
+    from reprolab.data.fetch import fetch_dataset
+
+    root = tmp_path / "tree"
+    if layout == "no class folder":
+        root.mkdir()
+        Image.new("RGB", (4, 4)).save(root / "a.png")
+        expected = f"{root} holds no class folder"
+    else:
+        for split, name in [("train", "cat"), ("train", "dog"), ("val", "cat"), ("val", "bird")]:
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(root / split / name / "a.png")
+        expected = f"{root / 'val'}: its classes differ from {root / 'train'}'s (in one only: bird,"
+    with pytest.raises(DataError) as err:
+        options = {"path": str(root), "image_size": 8}
+        fetch_dataset("imagefolder", tmp_path / "data/raw/imagefolder", options=options)
+    assert expected in str(err.value) and ".imagefolder." not in str(err.value), str(err.value)
