@@ -200,3 +200,18 @@ def test_a_tampered_model_folder_is_refused_like_a_registry_version(
     assert isinstance(code, str) and code.startswith(f"error: {folder}: its model.pt has md5 ")
     assert f"`dvc checkout {folder}` restores them" in code and "\n" not in code, code
     assert _predict(capsys, models["image"], tmp_path / "row.csv")[0] == 0
+
+
+def test_a_newline_or_tab_in_an_input_path_keeps_one_output_row(
+    models, tmp_path: Path, capsys
+) -> None:
+    odd = [tmp_path / "a\nb.png", tmp_path / "c\td.png", tmp_path / "e\\f.png"]
+    for path in odd:
+        Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(np.uint8)).save(path)
+    main(["predict", "--model", str(models["image"]), *map(str, odd)])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4, lines
+    rows = [line.split("\t") for line in lines[1:]]
+    assert all(len(row) == 3 for row in rows), rows
+    escaped = ["a\\nb.png", "c\\td.png", "e\\\\f.png"]
+    assert [row[0] for row in rows] == [f"{tmp_path}/{name}" for name in escaped]

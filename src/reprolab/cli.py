@@ -145,14 +145,23 @@ def predict(args: argparse.Namespace) -> None:
     """Print a classifier's or regressor's prediction for each image file or CSV row.
 
     One tab-separated line per input: the input, the prediction and its probability (a
-    classifier's class and its softmax probability; a regressor's target and nan)."""
+    classifier's class and its softmax probability; a regressor's target and nan). A tab,
+    newline or backslash in a file name is escaped (\\t, \\n, \\\\): one line per input."""
     from reprolab.predict import load_predictor, predict_files
 
     predictor = load_predictor(args.model)
     records = predict_files(predictor, args.files)  # a bad input stops before any output
     print("input\tprediction\tprobability")
     for record in records:
-        print(f"{record['input']}\t{record['prediction']}\t{record['probability']:.4f}")
+        cells = (_tsv_cell(str(record[k])) for k in ("input", "prediction"))
+        print(*cells, f"{record['probability']:.4f}", sep="\t")
+
+
+def _tsv_cell(text: str) -> str:
+    r"""A cell of one tab-separated line: a backslash, tab, newline or carriage return in a
+    file name (or a class name) escaped as \\, \t, \n, \r, so each input stays one row."""
+    escapes = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    return "".join(escapes.get(c, c) for c in text)
 
 
 def tune_worker(args: argparse.Namespace) -> None:
