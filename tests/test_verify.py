@@ -5,12 +5,13 @@ metric) when an output differs, and the workspace untouched either way."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
-from conftest import copy_repo, md5s, run
+from conftest import BIN, copy_repo, md5s, run
 from mlflow.tracking import MlflowClient
 
 from reprolab.cli import main
@@ -138,3 +139,43 @@ def test_verify_reports_a_hand_edited_workspace_output_the_rerun_does_not_see(
     assert "the workspace's md5" in edited.detail and "dvc checkout" in edited.detail
     (root / "metrics/mlp/test.json").unlink()
     assert "missing from the workspace" in _compare("evaluate@mlp", out, root, scratch).detail
+
+
+@pytest.fixture
+def one_stage_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real git + DVC repo of one reproduced stage; dvc on the PATH of this process."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "in.txt").write_text("a\n")
+    stage = {"cmd": "cp in.txt out.txt", "deps": ["in.txt"], "outs": ["out.txt"]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"copy": stage}}))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
+        run(cmd, root)
+    monkeypatch.setenv("PATH", f"{BIN}:{os.environ['PATH']}")
+    return root
+
+
+def test_verify_reports_stages_gone_from_dvc_yaml_as_stale_and_verifies_the_rest(
+    one_stage_repo: Path,
+) -> None:
+    """A model removed from params.yaml leaves its stages in dvc.lock: `dvc status` on them
+    failed, and verify with them."""
+    lock = yaml.safe_load((one_stage_repo / "dvc.lock").read_text())
+    lock["stages"]["train@gone"] = lock["stages"]["copy"]
+    (one_stage_repo / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    outcomes = {o.stage: o for o in verify(one_stage_repo)}
+    assert outcomes["copy"].status == "identical"
+    assert outcomes["train@gone"].status == "stale"
+    assert "not in dvc.yaml any more" in outcomes["train@gone"].detail
+
+
+def test_verify_during_another_dvc_process_is_one_line(one_stage_repo: Path) -> None:
+    import zc.lockfile
+
+    lock = zc.lockfile.LockFile(str(one_stage_repo / ".dvc/tmp/lock"))  # as `dvc repro` does
+    try:
+        with pytest.raises(ReprolabError, match="another DVC process holds") as err:
+            verify(one_stage_repo)
+    finally:
+        lock.close()
+    assert "\n" not in str(err.value)

@@ -73,16 +73,35 @@ def largest_difference(old: object, new: object) -> float | None:
     return None if None in parts else max(parts, default=0.0)
 
 
+def _dvc(root: Path, *args: str) -> str:
+    """``dvc <args>`` in ``root``; its stdout, or one line saying why it failed (DVC's own
+    message wraps over several lines: another process holding its lock, for one)."""
+    out = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    if out.returncode == 0:
+        return out.stdout
+    said = " ".join(out.stderr.split()).removeprefix("ERROR: ")
+    if "Unable to acquire lock" in said:
+        raise ReprolabError(
+            f"`dvc {args[0]}` in {root}: another DVC process holds the repo's lock (a `dvc "
+            "repro` running?); rerun verify when it has finished"
+        )
+    raise ReprolabError(f"`dvc {' '.join(args[:2])}` failed in {root}: {said[-300:]}")
+
+
 def stale_stages(root: Path, stages: list[str]) -> dict[str, str]:
     """Stages whose deps or params in the workspace differ from dvc.lock (`dvc status`):
-    their recorded inputs are not here to rerun from."""
-    out = subprocess.run(
-        ["dvc", "status", "--json", *stages], cwd=root, capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        raise ReprolabError(f"`dvc status` failed in {root}: {out.stderr.strip()[-300:]}")
-    stale = {}
-    for stage, changes in json.loads(out.stdout or "{}").items():
+    their recorded inputs are not here to rerun from. A stage dvc.lock still records but
+    dvc.yaml no longer has (its model removed from params.yaml) is stale too."""
+    defined = set(_dvc(root, "stage", "list", "--name-only").split())
+    stale = {
+        stage: "not in dvc.yaml any more (its model removed from params.yaml?); nothing to rerun"
+        for stage in stages
+        if stage not in defined
+    }
+    if len(stale) == len(stages):
+        return stale
+    status = _dvc(root, "status", "--json", *(s for s in stages if s not in stale))
+    for stage, changes in json.loads(status or "{}").items():
         for change in changes:
             if isinstance(change, dict) and ({"changed deps", "changed params"} & change.keys()):
                 stale[stage] = "its inputs changed since dvc.lock; run `dvc repro` first"
