@@ -16,6 +16,7 @@ from reprolab import cli
 from reprolab.core import stage
 from reprolab.core.errors import ParamsError
 from reprolab.core.params import load_params, validate_params
+from reprolab.core.presets import apply_preset
 
 DEFAULT = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -236,3 +237,88 @@ def test_a_key_given_twice_is_refused_as_dvc_refuses_it(tmp_path: Path) -> None:
     path.write_text("seed: 1\nseed: 2\nclassifiers: {mlp: {arch: mlp}}\n")
     with pytest.raises(ParamsError, match="key 'seed' appears twice in one mapping .line 2."):
         load_params(path, options_of=[])
+
+
+def _alias_bomb(levels: int) -> str:
+    """A YAML alias bomb under an unknown key: ``levels`` anchors of 9 aliases of the one
+    before (9**levels leaves; 8 levels took 13 s and 1 GB to refuse with a 351 MB line)."""
+    lines = ["seed: 0", 'z: &a0 ["lol"]']
+    lines += [f"z{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [8, 30])
+def test_a_yaml_alias_bomb_is_refused_at_once_in_one_short_line(
+    tmp_path: Path, levels: int
+) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(_alias_bomb(levels))
+    with pytest.raises(ParamsError) as err:
+        load_params(path, options_of=[])
+    message = str(err.value)
+    assert "aliases (*name) expand it past" in message and len(message) < 300, message[:500]
+    path.write_text("a: &x [1, *x]\n")  # an alias of the list it is in
+    with pytest.raises(ParamsError, match="contains itself"):
+        load_params(path, options_of=[])
+    path.write_text(_alias_bomb(levels))  # `reprolab preset` reads it with ruamel first
+    with pytest.raises(ParamsError, match="aliases"):
+        apply_preset("digits", path, REPO / "presets")
+
+
+def test_a_huge_params_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    with path.open("w") as out:  # 2.5M unknown keys: 150 s, 3.8 GB and a 54 MB error
+        out.writelines(f"unknown_key_{i}: {i}\n" for i in range(2_500_000))
+    with pytest.raises(ParamsError, match=r"bytes; a params file is at most \d+") as err:
+        load_params(path, options_of=[])
+    assert len(str(err.value)) < 200
+
+
+def test_error_messages_cut_every_echoed_value_and_count_the_rest() -> None:
+    huge = "x" * 100_000
+    many = deep_merge(DEFAULT, {f"unknown_{i}": huge for i in range(500)})
+    with pytest.raises(ParamsError) as err:
+        validate_params(many, options_of=[])
+    lines = str(err.value).splitlines()
+    assert len(lines) < 30 and max(len(line) for line in lines) < 150, lines[:3]
+    assert lines[-1] == "  ... and 480 more"
+    assert "unknown_0: unknown key (got 'xxxx" in lines[1]
+    options = deep_merge(DEFAULT, {"classifiers": {"mlp": {"options": {"dropout": huge}}}})
+    with pytest.raises(ParamsError) as err:
+        validate_params(options, options_of=["mlp"])
+    assert len(str(err.value)) < 300, str(err.value)[:300]
+    with pytest.raises(ParamsError) as err:
+        validate_params(deep_merge(DEFAULT, {"datasets": {"image": huge}}), options_of=[])
+    assert len(str(err.value)) < 300, str(err.value)[:300]
+
+
+@pytest.mark.parametrize("length", [300, 230])
+def test_a_model_key_too_long_for_the_file_system_is_refused_by_check(length: int) -> None:
+    """A 300-character key passed `reprolab check`; `dvc repro` then failed with "File name
+    too long; free space or fix the permissions". 230 fits a name but not its temp files."""
+    key = "m" * length
+    bad = deep_merge(DEFAULT, {"classifiers": {key: {"arch": "mlp"}}})
+    with pytest.raises(ParamsError, match=rf"model name of {length} characters is too long") as e:
+        validate_params(bad, options_of=[])
+    assert len(str(e.value)) < 400, str(e.value)
+    fits = deep_merge(DEFAULT, {"classifiers": {"m" * 150: {"arch": "mlp"}}})
+    validate_params(fits, options_of=[])
+
+
+def test_a_name_too_long_for_the_file_system_is_not_advised_as_free_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(DEFAULT))
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+    def body(params, args) -> None:
+        raise OSError(errno.ENAMETOOLONG, "File name too long", "plots/curves/" + "m" * 300)
+
+    with pytest.raises(SystemExit) as exited:
+        stage.run_stage("a stage", body)
+    message = str(exited.value)
+    assert "free space" not in message and "shorten" in message, message
+    assert message.startswith("error: plots/curves/mmm") and len(message) < 250, message

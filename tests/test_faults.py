@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -215,3 +216,53 @@ def test_a_huge_csv_field_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(PredictError) as err:
         read_csv_rows(path, (2,))
     assert "\n" not in str(err.value) and "rows.csv" in str(err.value)
+
+
+def test_a_published_train_class_of_one_image_is_one_line() -> None:
+    """imagefolder's train/ + val/ layout, a train/ class with one image: sklearn's ValueError
+    from the stratified train/val split was a traceback."""
+    from reprolab.data.split import split_indices
+
+    y = np.array([0] * 10 + [1] + [0] * 3 + [1] * 3)
+    published_test = np.arange(len(y)) >= 11
+    with pytest.raises(DataError, match=r"rarest class \(label 1\) has 1 sample"):
+        split_indices(y, 0.2, 0.2, seed=0, test_mask=published_test)
+    y[9] = 1  # two images of class 1 in train/: splits
+    assert len(split_indices(y, 0.2, 0.2, seed=0, test_mask=published_test)["val"]) == 3
+
+
+@pytest.mark.parametrize("keep", [0, 100, 0.5])
+def test_a_truncated_split_file_is_one_line_saying_to_rerun_the_split(
+    tmp_path: Path, keep: float
+) -> None:
+    from reprolab.learn.tensors import load_split
+
+    path = tmp_path / "image" / "train.npz"
+    path.parent.mkdir()
+    np.savez(path, x=np.zeros((200, 3, 8, 8), np.uint8), y=np.zeros(200, np.int64))
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(DataError, match=r"train.npz: unreadable .*rerun `dvc repro split@image`"):
+        load_split(path, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("layout", ["val class not in train", "no class folder"])
+def test_an_imagefolder_fault_names_the_users_folder_not_a_temp_copy(
+    tmp_path: Path, layout: str
+) -> None:
+    from reprolab.data.fetch import fetch_dataset
+
+    root = tmp_path / "tree"
+    if layout == "no class folder":
+        root.mkdir()
+        Image.new("RGB", (4, 4)).save(root / "a.png")
+        expected = f"{root} holds no class folder"
+    else:
+        for split, name in [("train", "cat"), ("train", "dog"), ("val", "cat"), ("val", "bird")]:
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(root / split / name / "a.png")
+        expected = f"{root / 'val'}: its classes differ from {root / 'train'}'s (in one only: bird,"
+    with pytest.raises(DataError) as err:
+        options = {"path": str(root), "image_size": 8}
+        fetch_dataset("imagefolder", tmp_path / "data/raw/imagefolder", options=options)
+    assert expected in str(err.value) and ".imagefolder." not in str(err.value), str(err.value)

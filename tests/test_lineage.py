@@ -113,3 +113,39 @@ def test_a_failing_stage_ends_the_runs_it_left_running(
         "interrupted (Ctrl-C)",
         "RuntimeError: a bug",
     )
+
+
+def test_a_sigtermed_stage_ends_its_runs_as_killed_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM left the stage's MLflow runs RUNNING and printed nothing: now as Ctrl-C."""
+    import os
+    import signal
+
+    from reprolab.core.stage import run_stage
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "params.yaml").write_text("classifiers: {mlp: {arch: mlp}}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr("sys.argv", ["tune.py", "mlp"])
+    opened = []
+
+    def body(params, args) -> None:
+        tracker = Tracker("digits", "mlp", "study-sigterm")
+        opened.append(tracker.parent_run_id({}))
+        # Without the stage's handler SIGTERM would end this test process itself.
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "no handler"
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the stage")
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exited:
+        run_stage("a stage", body, model_arg=True)
+    assert str(exited.value) == (
+        "tune.py: terminated (SIGTERM); no output was replaced (writes are atomic)"
+    )
+    run = MlflowClient().get_run(opened[0])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["reprolab.failure"] == "terminated (SIGTERM)"
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the stage's only

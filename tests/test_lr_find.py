@@ -31,3 +31,22 @@ def test_lr_find_before_split_says_what_to_run(tmp_path: Path, monkeypatch) -> N
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     with pytest.raises(SystemExit, match="meta.json"):
         cli.main(["lr-find", "mlp"])
+
+
+@pytest.mark.parametrize("out", ["params.yaml", "params.yaml/lr"])
+def test_lr_find_refuses_an_out_file_before_the_range_test(
+    digits_split: Path, monkeypatch, out: str
+) -> None:
+    """--out params.yaml was a FileExistsError traceback after the whole range test (62 s)."""
+    from reprolab.learn import lr_find
+
+    def never(*args, **kwargs):
+        raise AssertionError("the range test ran")
+
+    monkeypatch.setattr(lr_find, "lr_range_test", never)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["lr-find", "mlp", "--out", out])
+    assert str(exited.value) == (
+        f"error: lr-find: --out {out}: params.yaml is a file, not a folder; give a folder "
+        "(default reports/lr_find)"
+    )

@@ -182,3 +182,36 @@ def test_a_folder_as_input_or_the_baselines_as_model_is_one_line(
     (tmp_path / "row.csv").write_text(",".join(["0"] * 64) + "\n")
     code, _ = _predict(capsys, baselines, tmp_path / "row.csv")
     assert isinstance(code, str) and "the scikit-learn baselines, not a network" in code
+
+
+def test_a_tampered_model_folder_is_refused_like_a_registry_version(
+    models, tmp_path: Path, capsys
+) -> None:
+    """model.pt replaced (md5 != model.json's weights_md5): a folder predicted silently; only
+    registry versions were checked."""
+    import shutil
+
+    folder = tmp_path / "image"
+    shutil.copytree(models["image"], folder)
+    weights = torch.load(folder / "model.pt", weights_only=True)
+    torch.save({k: v + 1 for k, v in weights.items()}, folder / "model.pt")
+    (tmp_path / "row.csv").write_text(",".join(["0"] * 64) + "\n")
+    code, rows = _predict(capsys, folder, tmp_path / "row.csv")
+    assert isinstance(code, str) and code.startswith(f"error: {folder}: its model.pt has md5 ")
+    assert f"`dvc checkout {folder}` restores them" in code and "\n" not in code, code
+    assert _predict(capsys, models["image"], tmp_path / "row.csv")[0] == 0
+
+
+def test_a_newline_or_tab_in_an_input_path_keeps_one_output_row(
+    models, tmp_path: Path, capsys
+) -> None:
+    odd = [tmp_path / "a\nb.png", tmp_path / "c\td.png", tmp_path / "e\\f.png"]
+    for path in odd:
+        Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(np.uint8)).save(path)
+    main(["predict", "--model", str(models["image"]), *map(str, odd)])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4, lines
+    rows = [line.split("\t") for line in lines[1:]]
+    assert all(len(row) == 3 for row in rows), rows
+    escaped = ["a\\nb.png", "c\\td.png", "e\\\\f.png"]
+    assert [row[0] for row in rows] == [f"{tmp_path}/{name}" for name in escaped]

@@ -182,19 +182,20 @@ def test_a_resumed_study_writes_what_an_uninterrupted_one_writes(
 
 
 ORPHAN_SCRIPT = """
-import multiprocessing, sys, time
+import multiprocessing, os, pickle, signal, sys, time
 from pathlib import Path
-from reprolab.tuning.worker import _die_with_parent
-
-def child(flag):
-    _die_with_parent()
-    Path(flag).write_text("armed")
-    time.sleep(120)
+from reprolab.tuning.parent import spawned
 
 if __name__ == "__main__":
-    process = multiprocessing.get_context("spawn").Process(target=child, args=(sys.argv[1],))
+    # As tune_model starts a worker; the worker's body writes the flag, then runs on.
+    body = (f"import time; open({sys.argv[1]!r}, 'w').write('armed'); time.sleep(120)",)
+    process = multiprocessing.get_context("spawn").Process(
+        target=spawned, args=(os.getpid(), "builtins:exec", pickle.dumps(body))
+    )
     process.start()
     print(process.pid, flush=True)
+    if sys.argv[2] == "before-armed":  # the stage dies while the worker is starting up
+        os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(120)
 """
 
@@ -208,20 +209,27 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_spawned_tune_workers_die_with_their_stage(tmp_path: Path) -> None:
-    """A SIGKILLed stage (no cleanup runs) leaves no worker training on behind it."""
+@pytest.mark.parametrize("when", ["running", "before-armed"])
+def test_spawned_tune_workers_die_with_their_stage(tmp_path: Path, when: str) -> None:
+    """A SIGKILLed stage (no cleanup runs) leaves no worker training on behind it, also when
+    it dies before the worker armed its death signal (the worker was reparented to PID 1 and
+    ran 6 more trials: armed only after its imports, against its parent pid of then)."""
     script, flag = tmp_path / "stage.py", tmp_path / "armed"
     script.write_text(ORPHAN_SCRIPT)
     env = clean_env(PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     stage = subprocess.Popen(
-        [sys.executable, str(script), str(flag)], env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), str(flag), when],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     worker = int(stage.stdout.readline())
-    deadline = time.monotonic() + 60
-    while not flag.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert flag.exists(), "the worker never started"
-    stage.kill()
+    if when == "running":
+        deadline = time.monotonic() + 60
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert flag.exists(), "the worker never started"
+        stage.kill()
     stage.wait()
     deadline = time.monotonic() + 10
     while _alive(worker) and time.monotonic() < deadline:
@@ -229,3 +237,4 @@ def test_spawned_tune_workers_die_with_their_stage(tmp_path: Path) -> None:
     if _alive(worker):
         os.kill(worker, signal.SIGKILL)
         raise AssertionError(f"worker {worker} outlived its killed stage")
+    assert when == "running" or not flag.exists(), "the orphan ran its body"

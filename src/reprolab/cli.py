@@ -79,9 +79,15 @@ def lr_find(args: argparse.Namespace) -> None:
     # After _load: torch loads with the numerics mode's CPU kernel caps in place.
     from reprolab.core.io import atomic_path, write_json, write_tsv
     from reprolab.learn.context import ModelContext
-    from reprolab.learn.lr_find import check_range, lr_range_test, plot_range_test
+    from reprolab.learn.lr_find import (
+        check_out_folder,
+        check_range,
+        lr_range_test,
+        plot_range_test,
+    )
 
     check_range(args.start_lr, args.end_lr, args.steps)
+    check_out_folder(Path(args.out))
     ctx = ModelContext(params, args.model)
     result = lr_range_test(
         ctx.new_model(),
@@ -147,14 +153,23 @@ def predict(args: argparse.Namespace) -> None:
     """Print a classifier's or regressor's prediction for each image file or CSV row.
 
     One tab-separated line per input: the input, the prediction and its probability (a
-    classifier's class and its softmax probability; a regressor's target and nan)."""
+    classifier's class and its softmax probability; a regressor's target and nan). A tab,
+    newline or backslash in a file name is escaped (\\t, \\n, \\\\): one line per input."""
     from reprolab.predict import load_predictor, predict_files
 
     predictor = load_predictor(args.model)
     records = predict_files(predictor, args.files)  # a bad input stops before any output
     print("input\tprediction\tprobability")
     for record in records:
-        print(f"{record['input']}\t{record['prediction']}\t{record['probability']:.4f}")
+        cells = (_tsv_cell(str(record[k])) for k in ("input", "prediction"))
+        print(*cells, f"{record['probability']:.4f}", sep="\t")
+
+
+def _tsv_cell(text: str) -> str:
+    r"""A cell of one tab-separated line: a backslash, tab, newline or carriage return in a
+    file name (or a class name) escaped as \\, \t, \n, \r, so each input stays one row."""
+    escapes = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    return "".join(escapes.get(c, c) for c in text)
 
 
 def tune_worker(args: argparse.Namespace) -> None:

@@ -64,6 +64,7 @@ def load_predictor(ref: str) -> Predictor:
             f"{folder}: the scikit-learn baselines, not a network; give a network's folder "
             "(models/<name>, e.g. models/cnn)"
         )
+    _check_md5(folder, str(folder), f"`dvc checkout {folder}` restores them")
     return _rebuild(folder)
 
 
@@ -118,14 +119,17 @@ def _load_mlflow(uri: str) -> Predictor:
             download_extra_files(uri, (SPEC_FILE, MODEL_FILE), folder)
         except CheckpointError as err:
             raise PredictError(str(err)) from None
-        _check_md5(folder, uri)
+        _check_md5(folder, uri, "register it again")
         return _rebuild(folder, uri)
 
 
-def _check_md5(folder: Path, uri: str) -> None:
-    """model.json records the md5 of the weights it was saved with; they must be these."""
+def _check_md5(folder: Path, uri: str, advice: str) -> None:
+    """model.json records the md5 of the weights it was saved with; they must be these (a
+    missing file is named by ``_rebuild``)."""
     from reprolab.core.paths import MODEL_FILE, SPEC_FILE
 
+    if not ((folder / SPEC_FILE).is_file() and (folder / MODEL_FILE).is_file()):
+        return
     try:
         recorded = json.loads((folder / SPEC_FILE).read_text()).get("weights_md5")
     except (ValueError, AttributeError):
@@ -134,7 +138,7 @@ def _check_md5(folder: Path, uri: str) -> None:
     if recorded is not None and recorded != actual:
         raise PredictError(
             f"{uri}: its {MODEL_FILE} has md5 {actual}, its {SPEC_FILE} records "
-            f"{recorded}; the version's files do not belong together, register it again"
+            f"{recorded}; the files do not belong together, {advice}"
         )
 
 

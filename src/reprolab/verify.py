@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from reprolab.core.checkout import copy_sources
-from reprolab.core.errors import ReprolabError
+from reprolab.core.errors import ReprolabError, shown
 from reprolab.core.io import md5_file
 from reprolab.tracking.runs import VERIFY_ENV, tracking_uri
 
@@ -73,22 +73,69 @@ def largest_difference(old: object, new: object) -> float | None:
     return None if None in parts else max(parts, default=0.0)
 
 
+def _dvc(root: Path, *args: str) -> str:
+    """``dvc <args>`` in ``root``; its stdout, or one line saying why it failed (DVC's own
+    message wraps over several lines: another process holding its lock, for one)."""
+    out = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    if out.returncode == 0:
+        return out.stdout
+    said = " ".join(out.stderr.split()).removeprefix("ERROR: ")
+    if "Unable to acquire lock" in said:
+        raise ReprolabError(
+            f"`dvc {args[0]}` in {root}: another DVC process holds the repo's lock (a `dvc "
+            "repro` running?); rerun verify when it has finished"
+        )
+    raise ReprolabError(f"`dvc {' '.join(args[:2])}` failed in {root}: {said[-300:]}")
+
+
 def stale_stages(root: Path, stages: list[str]) -> dict[str, str]:
     """Stages whose deps or params in the workspace differ from dvc.lock (`dvc status`):
-    their recorded inputs are not here to rerun from."""
-    out = subprocess.run(
-        ["dvc", "status", "--json", *stages], cwd=root, capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        raise ReprolabError(f"`dvc status` failed in {root}: {out.stderr.strip()[-300:]}")
-    stale = {}
-    for stage, changes in json.loads(out.stdout or "{}").items():
+    their recorded inputs are not here to rerun from. A stage dvc.lock still records but
+    dvc.yaml no longer has (its model removed from params.yaml) is stale too."""
+    defined = set(_dvc(root, "stage", "list", "--name-only").split())
+    stale = {
+        stage: "not in dvc.yaml any more (its model removed from params.yaml?); nothing to rerun"
+        for stage in stages
+        if stage not in defined
+    }
+    if len(stale) == len(stages):
+        return stale
+    status = _dvc(root, "status", "--json", *(s for s in stages if s not in stale))
+    for stage, changes in json.loads(status or "{}").items():
         for change in changes:
             if isinstance(change, dict) and ({"changed deps", "changed params"} & change.keys()):
                 stale[stage] = "its inputs changed since dvc.lock; run `dvc repro` first"
             elif change in ("changed command", "always changed"):
                 stale[stage] = f"{change}; run `dvc repro` first"
     return stale
+
+
+def _inside(stage: str, kind: str, value: object, root: Path) -> None:
+    """Refuse a path of dvc.lock that is not a relative path inside the workspace: verify
+    reads, copies and removes what dvc.lock names, so an absolute or ``..`` path must never
+    reach the file system."""
+    norm = os.path.normpath(value) if isinstance(value, str) and value else ""
+    relative = norm and not os.path.isabs(norm) and norm != "." and norm.split(os.sep)[0] != ".."
+    # Its folder resolved too (a symlinked folder leading out); the file itself may be a link
+    # into DVC's cache.
+    if relative and (root / norm).parent.resolve().is_relative_to(root.resolve()):
+        return
+    raise ReprolabError(
+        f"dvc.lock: {stage}: {kind} {shown(value, 60)} is not a path inside the workspace {root}; "
+        "restore dvc.lock (`git checkout dvc.lock`) or rerun `dvc repro`"
+    )
+
+
+def check_paths(root: Path, locked: dict, names: list[str]) -> None:
+    """Every dep, output and params file of the stages ``names`` is inside ``root``."""
+    for name in names:
+        stage = locked[name] if isinstance(locked[name], dict) else {}
+        for kind in ("deps", "outs"):
+            for entry in stage.get(kind) or []:
+                path = entry.get("path") if isinstance(entry, dict) else entry
+                _inside(name, kind[:-1], path, root)
+        for params_file in stage.get("params") or {}:
+            _inside(name, "params file", params_file, root)
 
 
 def _copy(src: Path, dest: Path) -> None:
@@ -112,6 +159,7 @@ def verify(root: Path, names: list[str] | None = None) -> list[Outcome]:
             f"not in dvc.lock: {', '.join(unknown)}; stages there: {', '.join(locked)}"
         )
     chosen = names or list(locked)
+    check_paths(root, locked, chosen)  # before anything is read, copied or removed
     stale = stale_stages(root, chosen)
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="reprolab-verify-") as tmp:
@@ -150,6 +198,16 @@ def _compare(stage: str, out: dict, root: Path, scratch: Path) -> Outcome:
     fresh = output_md5(scratch / path)
     if fresh is None:
         return Outcome(stage, path, "missing", "the rerun did not write it")
+    here = output_md5(root / path)
+    if fresh == out["md5"] and here != out["md5"]:  # a hand edit `dvc status` calls modified
+        where = "missing from the workspace" if here is None else f"the workspace's md5 {here}"
+        return Outcome(
+            stage,
+            path,
+            "differs",
+            f"{where}, dvc.lock {out['md5']}; the rerun matches dvc.lock: "
+            f"`dvc checkout {path}` restores it",
+        )
     if fresh == out["md5"]:
         return Outcome(stage, path, "identical")
     detail = f"md5 {fresh}, dvc.lock {out['md5']}"

@@ -6,6 +6,30 @@ a single line and exit 1; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
+# How much of a value (or a name) an error message echoes: a bad value can be a 50 MB string
+# or a whole expanded section, and the message must stay one readable line.
+SHOWN_CHARS = 60
+
+
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (``...`` marks the cut)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters."""
+    return cut(repr(value), limit)
+
+
+def first_lines(lines: list[str], limit: int = 20) -> list[str]:
+    """The first ``limit`` of ``lines``, and a line counting the others (a file with
+    millions of bad keys gets a short message, not millions of lines)."""
+    if len(lines) <= limit:
+        return lines
+    return [*lines[:limit], f"  ... and {len(lines) - limit} more"]
+
 
 class ReprolabError(Exception):
     """An expected fault (bad params, data, files or environment); the message says why and

@@ -15,31 +15,31 @@ import yaml
 from pydantic import ValidationError
 
 from reprolab.core import registry
-from reprolab.core.errors import ParamsError
+from reprolab.core.errors import ParamsError, cut, first_lines, shown
 from reprolab.core.schema import Params
 
-
-def _shown(value: Any) -> str:
-    """The bad value as given, cut short when it is a whole section (a cross-key check)."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+# A params file is a few kB; past these it is a mistake or a bomb, refused before parsing
+# (a 50 MB file of unknown keys took 150 s and 3.8 GB to report) or before building it (a
+# YAML alias bomb expands exponentially: 8 levels took 1 GB, 9 never finished).
+MAX_BYTES = 1 << 20
+MAX_NODES = 100_000
 
 
 def _format_error(err: ValidationError, source: str) -> str:
     """One line per bad value; a single one on the source's line (``params.yaml: key: ...``)."""
-    lines = [f"{source}: {err.error_count()} invalid value(s)"]
+    lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"].removeprefix("Value error, ")
+        key = cut(".".join(str(p) for p in e["loc"]) or "<root>", 80)
+        msg = cut(e["msg"].removeprefix("Value error, "), 400)
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (got {e['input']!r}); check its spelling")
+            lines.append(f"  {key}: unknown key (got {shown(e['input'])}); check its spelling")
         elif e["type"] == "missing":
             lines.append(f"  {key}: required but missing")
         else:
-            lines.append(f"  {key}: {msg} (got {_shown(e['input'])})")
-    if len(lines) == 2:
-        return f"{source}: {lines[1].strip()}"
-    return "\n".join(lines)
+            lines.append(f"  {key}: {msg} (got {shown(e['input'])})")
+    if len(lines) == 1:
+        return f"{source}: {lines[0].strip()}"
+    return "\n".join([f"{source}: {err.error_count()} invalid value(s)", *first_lines(lines)])
 
 
 def validate_params(
@@ -98,20 +98,30 @@ def load_params(
     before_modules: Callable[[Params], None] | None = None,
 ) -> Params:
     path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found (run from the repo root)")
-    try:
-        loader = type("Loader", (_UniqueKeyLoader,), {"source": str(path)})
-        raw = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
     return validate_params(
-        raw or {},
+        read_params_file(path),
         str(path),
         options_of=options_of,
         kinds_of=kinds_of,
         before_modules=before_modules,
     )
+
+
+def read_params_file(path: Path) -> Any:
+    """A params (or preset) file parsed, refused first when it is too large, when a key
+    repeats, or when its aliases expand it past MAX_NODES values."""
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the repo root)")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ParamsError(
+            f"{path}: {size} bytes; a params file is at most {MAX_BYTES} (is it the right file?)"
+        )
+    try:
+        loader = type("Loader", (_UniqueKeyLoader,), {"source": str(path)})
+        return yaml.load(path.read_text(), Loader=loader) or {}  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {cut(str(err), 400)}") from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -126,8 +136,46 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise ParamsError(
-                    f"{self.source}: key {key!r} appears twice in one mapping (line "
+                    f"{self.source}: key {shown(key)} appears twice in one mapping (line "
                     f"{key_node.start_mark.line + 1}); keep one"
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node, self.source)
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse a document whose aliases expand it past MAX_NODES nodes, or that contains
+    itself, before any of it is built: each node is counted once, with what it expands to."""
+    sizes: dict[int, int] = {}
+    expanding: set[int] = set()  # pushed with its children still to count: an ancestor
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if not children_done and id(node) in expanding:
+            raise ParamsError(
+                f"{source}: an alias (*name) on line {node.start_mark.line + 1} contains "
+                "itself; a params value cannot be recursive"
+            )
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if children_done:
+            expanding.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_NODES:
+                raise ParamsError(
+                    f"{source}: its aliases (*name) expand it past {MAX_NODES} values (line "
+                    f"{node.start_mark.line + 1}); write the values out or share fewer"
+                )
+            continue
+        expanding.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)

@@ -53,3 +53,39 @@ STAGE_SUFFIX = {"classifiers": "", "regressors": "_regressor", "generators": "_g
 def stage_name(step: str, group: str, model: str) -> str:
     """The dvc.yaml name of ``step`` (tune, train, evaluate) for ``model`` of ``group``."""
     return f"{step}{STAGE_SUFFIX[group]}@{model}"
+
+
+# The outputs whose names hold a model's key (dvc.yaml), and the most a writer adds to a file
+# name for its temp file: DVC's "<name>.<32 hex>.tmp", core.io's ".<name>.<8 chars>.tmp".
+KEY_OUTPUTS = (
+    "plots/trials/{}.tsv",  # every model's; the first named
+    "plots/predictions/{}.csv",
+    "plots/confusion/{}.csv",
+    "plots/samples/{}.png",
+    "metrics/{}/train.json",
+    "models/{}/best_params.json",
+)
+TEMP_NAME_EXTRA = len(".0123456789abcdef0123456789abcdef.tmp")
+
+
+def check_key_fits(key: str, root: Path = Path(".")) -> None:
+    """Raise ValueError when an output named after the model ``key`` (or its temp file) would
+    be a file name or path longer than the file system under ``root`` allows: found by
+    `reprolab check`, not as ENAMETOOLONG from a stage."""
+    try:
+        name_max = os.pathconf(root, "PC_NAME_MAX")
+        path_max = os.pathconf(root, "PC_PATH_MAX")
+    except (OSError, ValueError):  # a file system that does not say: left to the stages
+        return
+    base = len(os.fsencode(root.resolve())) + 1
+    for template in KEY_OUTPUTS:
+        rel = template.format(key)
+        longest = max(len(os.fsencode(part)) for part in rel.split("/")) + TEMP_NAME_EXTRA
+        if longest > name_max or base + len(os.fsencode(rel)) + TEMP_NAME_EXTRA >= path_max:
+            over = "file name" if longest > name_max else "path"
+            limit = name_max if longest > name_max else path_max
+            raise ValueError(
+                f"model name of {len(key)} characters is too long: the {over} of its output "
+                f"{template.format('<name>')} (and its temp file) would pass this file "
+                f"system's limit of {limit} bytes; shorten it"
+            )

@@ -12,9 +12,9 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from reprolab.core.errors import ParamsError
+from reprolab.core.errors import ParamsError, shown
 from reprolab.core.io import atomic_path
-from reprolab.core.params import validate_params
+from reprolab.core.params import read_params_file, validate_params
 
 PRESETS = Path("presets")
 REPLACED_WHOLE = {"classifiers", "regressors", "generators"}
@@ -38,8 +38,11 @@ def _merge(base: Any, overlay: Any, top: bool = True) -> Any:
 def apply_preset(name: str, params_path: Path, folder: Path = PRESETS) -> dict:
     """Merge presets/<name>.yaml into ``params_path``; return the merged params as plain data."""
     if name not in preset_names(folder):  # a name, never a path (`../params`)
-        raise ParamsError(f"preset {name!r} not found; known: {', '.join(preset_names(folder))}")
+        known = ", ".join(preset_names(folder))
+        raise ParamsError(f"preset {shown(name)} not found; known: {known}")
     preset = folder / f"{name}.yaml"
+    for path in (params_path, preset):  # bounded (size, aliases) before ruamel builds them
+        read_params_file(path)
     yaml = YAML()  # round-trip: params.yaml keeps its comments and order
     yaml.width = 4096  # no rewrapped flow mappings
     # null stays `null` (ruamel's round-trip writes an empty value)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from reprolab.core.errors import ParamsError
+from reprolab.core.errors import ParamsError, cut, first_lines, shown
 
 _HERE = Path(__file__).parents[1]  # src/reprolab
 MODELS_PACKAGE = "reprolab.models"
@@ -33,13 +33,14 @@ def dataset_names() -> list[str]:
 
 def model_module(arch: str) -> ModuleType:
     if arch not in model_names():
-        raise KeyError(f"unknown model architecture {arch!r}; known: {', '.join(model_names())}")
+        known = ", ".join(model_names())
+        raise KeyError(f"unknown model architecture {shown(arch)}; known: {known}")
     return importlib.import_module(f"{MODELS_PACKAGE}.{arch}")
 
 
 def dataset_module(name: str) -> ModuleType:
     if name not in dataset_names():
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+        raise KeyError(f"unknown dataset {shown(name)}; known: {', '.join(dataset_names())}")
     return importlib.import_module(f"{DATASETS_PACKAGE}.{name}")
 
 
@@ -70,7 +71,9 @@ def validate_model_options(
     except ValidationError as err:
         details = []
         for e in err.errors():
-            sub = ".".join(str(p) for p in e["loc"])
-            msg = e["msg"].removeprefix("Value error, ")
-            details.append(f"  {key}.{sub}: {msg} (got {e['input']!r})")
-        raise ParamsError(f"{source}: invalid model options\n" + "\n".join(details)) from None
+            sub = cut(".".join(str(p) for p in e["loc"]), 80)
+            msg = cut(e["msg"].removeprefix("Value error, "), 400)
+            details.append(f"  {key}.{sub}: {msg} (got {shown(e['input'])})")
+        raise ParamsError(
+            f"{source}: invalid model options\n" + "\n".join(first_lines(details))
+        ) from None

@@ -10,8 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from reprolab.core import registry
-from reprolab.core.errors import ParamsError
+from reprolab.core import paths, registry
+from reprolab.core.errors import ParamsError, shown
 from reprolab.core.specs import (
     Count,
     Fraction,
@@ -145,7 +145,7 @@ class DatasetsParams(_Strict):
     def _known(cls, name: str) -> str:
         known = registry.dataset_names()
         if name not in known:
-            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known)}")
+            raise ValueError(f"unknown dataset {shown(name)}; known: {', '.join(known)}")
         return name
 
     def check_kind(self, kind: str) -> None:
@@ -216,7 +216,8 @@ class Params(_Strict):
     def _names(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
         for name in models:
             if not name.replace("_", "").isalnum():
-                raise ValueError(f"model name {name!r} must be letters, digits and '_'")
+                raise ValueError(f"model name {shown(name)} must be letters, digits and '_'")
+            paths.check_key_fits(name)
         return models
 
     @field_validator("generators")
@@ -231,7 +232,7 @@ class Params(_Strict):
             scorer = spec.scorer
             if scorer.model not in classifiers:
                 raise ValueError(
-                    f"{name}.scorer.model {scorer.model!r} is not a key of classifiers "
+                    f"{name}.scorer.model {shown(scorer.model)} is not a key of classifiers "
                     f"({', '.join(classifiers)}): the scorer is a classifier the pipeline trains"
                 )
             if scorer.arch != classifiers[scorer.model].arch:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from reprolab.core import registry
+from reprolab.core.errors import shown
 
 
 class _Strict(BaseModel):
@@ -99,7 +100,7 @@ class ModelSpec(_Strict):
     def _known_arch(cls, arch: str) -> str:
         known = registry.model_names()
         if arch not in known:
-            raise ValueError(f"unknown model architecture {arch!r}; known: {', '.join(known)}")
+            raise ValueError(f"unknown model architecture {shown(arch)}; known: {', '.join(known)}")
         return arch
 
 

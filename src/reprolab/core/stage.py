@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from reprolab.core import numerics
-from reprolab.core.errors import ReprolabError
+from reprolab.core.errors import ReprolabError, cut
 from reprolab.core.params import load_params
 from reprolab.core.schema import Params
 
@@ -31,6 +34,9 @@ def run_stage(
         "--params", default="params.yaml", help="params file (default: %(default)s)"
     )
     args = parser.parse_args()
+    # SIGTERM (kill, a scheduler, CI's cancel) ends the stage as Ctrl-C does, not silently.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         # A model stage checks its model's arch options too; the others need no torch.
         # download/split check their dataset is of their kind (they import its source anyway).
@@ -46,24 +52,39 @@ def run_stage(
         _failed("FAILED", str(err))
         sys.exit(f"error: {err}")
     except OSError as err:  # the machine's fault: disk full, read-only or forbidden folder
-        where = f"{err.filename}: " if err.filename else ""
+        where = f"{cut(str(err.filename), 120)}: " if err.filename else ""
         message = f"{where}{err.strerror or err}"
         _failed("FAILED", message)
         if isinstance(err, FileNotFoundError):
             sys.exit(f"error: {message}; run `dvc repro` (or `dvc pull`) to produce it")
+        if err.errno == errno.ENAMETOOLONG:
+            sys.exit(f"error: {message}; shorten the model's key in params.yaml (or the path)")
         sys.exit(f"error: {message}; free space or fix the permissions, then rerun the stage")
-    except KeyboardInterrupt:
-        _failed("KILLED", "interrupted (Ctrl-C)")
-        sys.exit(f"{parser.prog}: interrupted; no output was replaced (writes are atomic)")
+    except KeyboardInterrupt as err:
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted (Ctrl-C)"
+        _failed("KILLED", how)
+        sys.exit(f"{parser.prog}: {how}; no output was replaced (writes are atomic)")
     except BaseException as err:
         known = store_fault(err)
         _failed("FAILED", known or f"{type(err).__name__}: {err}")
         if known is None:
             raise  # a bug: keep its traceback
         sys.exit(f"error: {known}")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     # The run is done. Interpreter shutdown runs full garbage collections over every object
     # torch and MLflow allocated (0.7-0.9 s a stage, bench/startup.py); frozen ones are skipped.
     gc.freeze()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the stage is (a KeyboardInterrupt: every cleanup of Ctrl-C runs)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise Terminated
 
 
 # Faults of the stores other layers talk to (MLflow, Optuna's database): the exception type a

@@ -35,6 +35,8 @@ def split_indices(
     if test_mask is not None:
         rest, test = index[~test_mask], index[test_mask]
         val_of_rest = val_fraction
+        if stratify is not None:
+            _can_split_published_train(y[rest], val_of_rest)
     else:
         rest, test = train_test_split(
             index, test_size=test_fraction, random_state=seed, stratify=stratify
@@ -62,6 +64,22 @@ def _can_stratify(y: np.ndarray, val_fraction: float, test_fraction: float) -> b
             "or use a larger dataset"
         )
     return True
+
+
+def _can_split_published_train(y_train: np.ndarray, val_fraction: float) -> None:
+    """The published train rows (imagefolder's train/) split stratified into train and val:
+    each class needs 2 rows, and each part a row per class (sklearn's ValueError otherwise)."""
+    counts = np.bincount(y_train)
+    present = np.flatnonzero(counts)
+    rarest = present[counts[present].argmin()]
+    n_val = int(np.ceil(val_fraction * len(y_train)))
+    if counts[rarest] < 2 or min(n_val, len(y_train) - n_val) < len(present):
+        raise DataError(
+            f"cannot stratify the published train split into train and val: its rarest class "
+            f"(label {rarest}) has {counts[rarest]} sample(s), and split.val_fraction gives "
+            f"{n_val} of {len(y_train)} rows for {len(present)} classes; add images to that "
+            "class's train/ folder, or change split.val_fraction"
+        )
 
 
 def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:

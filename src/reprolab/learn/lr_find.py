@@ -9,7 +9,9 @@ lr is a good single choice, and nothing beyond the minimum trains stably.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,6 +46,21 @@ def check_range(start_lr: float, end_lr: float, steps: int) -> None:
         raise ParamsError(f"lr-find: need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     if steps < MIN_STEPS:
         raise ParamsError(f"lr-find: need at least {MIN_STEPS} steps, got {steps}")
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an --out that cannot take the results before the range test runs (a minute):
+    a file, a folder below a file, or a folder this user cannot write."""
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ParamsError(
+                f"lr-find: --out {out}: {folder} is a file, not a folder; give a folder "
+                "(default reports/lr_find)"
+            )
+        if folder.is_dir():
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ParamsError(f"lr-find: --out {out}: {folder} is not writable")
+            return
 
 
 def lr_range_test(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +54,11 @@ def load_split(path: Path, device: torch.device) -> TensorData:
     try:
         with np.load(path) as data:
             x, y = data["x"], data["y"]
-    except (OSError, ValueError, KeyError) as err:
+    # A truncated or overwritten file: numpy raises zipfile's, zlib's or its own errors.
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:120]
         raise DataError(
-            f"{path}: unreadable ({type(err).__name__}: {err}); rerun `dvc repro split@"
+            f"{path}: unreadable ({type(err).__name__}: {reason}); rerun `dvc repro split@"
             f"{path.parent.name}` (or `dvc checkout` it)"
         ) from None
     return TensorData(x=torch.from_numpy(x).to(device), y=torch.from_numpy(y).to(device))

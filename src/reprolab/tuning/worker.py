@@ -11,13 +11,11 @@ retried with the same params; workers wait for running trials, so the budget is 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import logging
 import multiprocessing
 import os
-import signal
-import threading
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,11 +32,11 @@ from reprolab.tracking.runs import Tracker, flatten
 from reprolab.tuning import storage as stores
 from reprolab.tuning.identity import study_inputs, study_name
 from reprolab.tuning.objective import make_objective
+from reprolab.tuning.parent import spawned
 from reprolab.tuning.pruners import make_pruner
 from reprolab.tuning.storage import HEARTBEAT_S, heartbeat, open_storage, storage_url, study_lock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 log = logging.getLogger(__name__)
 
 
@@ -187,30 +185,8 @@ def run_budget(
         ran += 1
 
 
-def _die_with_parent() -> None:
-    """End this spawned worker when its stage ends, however it ends (SIGKILL included): no
-    orphan keeps training and writing to the study after DVC reported the stage failed.
-    Linux: the kernel's parent-death signal; elsewhere a thread watching the parent pid."""
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0:
-            if os.getppid() != parent:  # the stage died before the signal was armed
-                os._exit(1)
-            return
-    except (OSError, AttributeError):  # no prctl (macOS)
-        pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _spawned_worker(params: Params, model: str, tags: dict[str, str], index: int) -> None:
-    _die_with_parent()
+def spawned_worker(params: Params, model: str, tags: dict[str, str], index: int) -> None:
+    """A spawned worker's body (parent.spawned tied it to its stage first)."""
     run_worker(model_context(params, model), tags, index)
 
 
@@ -228,8 +204,12 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
         )
     spawn = multiprocessing.get_context("spawn")
     helpers = [
-        spawn.Process(target=_spawned_worker, args=(p, ctx.name, tags, index), daemon=True)
-        for index in range(1, tune.workers)
+        spawn.Process(
+            target=spawned,
+            args=(os.getpid(), f"{__name__}:spawned_worker", pickle.dumps((p, ctx.name, tags, i))),
+            daemon=True,
+        )
+        for i in range(1, tune.workers)
     ]
     for process in helpers:
         process.start()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reprolab.core.errors import DataError, ReprolabError
+from reprolab.core.errors import DataError, ReprolabError, cut
 from reprolab.core.io import read_json
 from reprolab.data.fetch import Arrays
 
@@ -62,6 +62,7 @@ def copy_into(dest: Path, options: dict) -> None:
     if not root.is_dir():
         raise DataError(f"imagefolder.path: folder {str(root)!r} does not exist")
     _no_empty_class(root, IMG_EXTENSIONS)
+    _same_classes(root)
     for file in sorted(root.rglob("*")):
         if file.is_file() and file.suffix.lower() in IMG_EXTENSIONS:
             open_image(file, "RGB")  # a bad file is named here, not as its copy in a temp dir
@@ -81,6 +82,25 @@ def _no_empty_class(root: Path, extensions: tuple[str, ...]) -> None:
                     f"imagefolder.path: class folder {folder} holds no image "
                     f"({', '.join(extensions)}); add images to it or remove it"
                 )
+
+
+def _same_classes(root: Path) -> None:
+    """The class folders ``load`` will compare, checked here in the user's tree: ``load`` reads
+    the copy in a temp folder, a name that means nothing to the user."""
+    train = root / "train" if (root / "train").is_dir() else root
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"imagefolder.path: {train} holds no class folder (<class>/<image>)")
+    test_dir = next((root / d for d in TEST_DIRS if (root / d).is_dir()), None)
+    if train == root or test_dir is None:
+        return
+    test_classes = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
+    if test_classes != classes:
+        odd = sorted(set(test_classes) ^ set(classes))
+        raise DataError(
+            f"imagefolder.path: {test_dir}: its classes differ from {train}'s (in one only: "
+            f"{cut(', '.join(odd), 120)}); give both the same class folders"
+        )
 
 
 def _read(folder: Path, size: int, class_to_idx: dict[str, int] | None = None):
