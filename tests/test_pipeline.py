@@ -303,3 +303,11 @@ def test_studies_explain_their_names_and_share_one_lock_file(pipeline: dict) -> 
         "studies.db",
         "studies.db.lock",
     ]
+
+
+def test_dvc_plots_reads_every_plot_and_nothing_else(pipeline: dict) -> None:
+    """The plots folders hold cached outputs, so DVC writes a .gitignore beside them;
+    .dvcignore keeps it from being read as a plot (a 'file type error' per folder)."""
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], pipeline["repo"]).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    assert (pipeline["repo"] / "plots/trials/.gitignore").is_file()
