@@ -13,7 +13,10 @@ DASHBOARD_PORT ?= 8080
 .PHONY: help install repro test test-fast lint format exps ui dashboard clean-stores
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
+	  | sed -e 's|$$(VENV)|$(VENV)|g' -e 's|$$(UI_PORT)|$(UI_PORT)|g' \
+	        -e 's|$$(DASHBOARD_PORT)|$(DASHBOARD_PORT)|g' \
+	  | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create $(VENV) and install reprolab with pinned dependencies (pip)
 
