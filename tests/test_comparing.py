@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, run, server
+from conftest import REPO, free_port, run, server
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +67,28 @@ def test_dvc_exp_show_metrics_and_plots_give_model_columns_and_curves(
         assert f"plots/confusion/{model}.csv" in shown
 
 
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (.ci/run)")
+@pytest.mark.parametrize("command", ["show", "diff"])
+def test_dvc_plots_render_offline(tiny_pipeline: dict, tmp_path: Path, command: str) -> None:
+    """`dvc plots show` / `diff` write a page whose charts Vega draws with no network: the
+    page template (.dvc/config plots.html_template) inlines Vega, Vega-Lite and vega-embed."""
+    repo = tiny_pipeline["repo"]
+    template = REPO / ".dvc/plots/page.html"
+    assert template.stat().st_size < 2_000_000
+    notices = template.read_text().split("-->", 1)[0]
+    for name in ("vega 5.", "vega-lite 5.", "vega-embed 6."):
+        assert name in notices
+    assert notices.count("Redistribution and use in source and binary forms") == 3
+    out = tmp_path / "plots"
+    run(["dvc", "plots", command, "-o", str(out)], repo)
+    page = (out / "index.html").read_text()
+    assert "<script src=" not in page  # nothing fetched, from a CDN or elsewhere
+    charts = len(re.findall(r"vegaEmbed\(.#plots_", page))
+    assert charts >= 10  # every plot of the tiny pipeline but the GAN's sample image (<img>)
+    dom = _chromium((out / "index.html").as_uri(), tmp_path / "profile", offline=True)
+    assert dom.count("<canvas") == charts, _text(dom)[:2000]
+
+
 def _make(target: str, port: int) -> list[str]:
     """`make <target>` with this environment, without reinstalling it (-o: the install stamp
     counts as up to date)."""
@@ -76,9 +98,14 @@ def _make(target: str, port: int) -> list[str]:
     return ["make", "-o", str(stamp), target, f"VENV={venv}", f"{var}={port}"]
 
 
-def _chromium(url: str, profile: Path, screenshot: Path | None = None) -> str:
+def _chromium(
+    url: str, profile: Path, screenshot: Path | None = None, offline: bool = False
+) -> str:
+    # offline: every host name fails to resolve and any proxy lookup goes nowhere.
+    network = ["--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9"]
     cmd = [
         shutil.which("chromium") or "chromium",
+        *(network if offline else []),
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -120,6 +147,12 @@ def test_make_ui_lists_the_runs_with_their_metrics(tiny_pipeline: dict, tmp_path
     url = f"http://127.0.0.1:{port}"
     with server(_make("ui", port), repo, f"{url}/health", timeout=180):
         runs_page = f"{url}/#/experiments/{experiment}/runs"
+        # `make ui` prints where this project's runs are (MLflow 3 opens on GenAI traces),
+        # and the experiment is tagged so that its own page opens on the runs.
+        printed = (repo.parent / f"server-make-{os.getpid()}.log").read_text()
+        assert f"reprolab-digits: {runs_page}" in printed, printed
+        kind = mlflow.get_experiment(experiment).tags.get("mlflow.experimentKind")
+        assert kind == "custom_model_development"
         runs_text = _text(_chromium(runs_page, tmp_path / "p1"))
         compare = (
             f"{url}/#/compare-runs?runs={urllib.parse.quote(ids)}"
