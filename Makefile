@@ -46,6 +46,7 @@ exps: install ## dvc exp show with the headline test metrics only (every column 
 	$(RUN) dvc exp show --drop '^(?!Experiment$$|Created$$|[^.]+\.test_(acc|rmsle|fid)$$)'
 
 ui: install ## open the MLflow UI on the repo's tracking store (http://127.0.0.1:$(UI_PORT))
+	@$(RUN) python -m reprolab.tracking.pages $(CURDIR)/mlflow.db http://127.0.0.1:$(UI_PORT)
 	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 dashboard: install ## open optuna-dashboard on the study storage (http://127.0.0.1:$(DASHBOARD_PORT))

@@ -35,3 +35,12 @@ def test_readme_draws_the_dag_with_mermaid_which_fits_a_page(tmp_path: Path) -> 
     drawn = run(["dvc", "dag", "--mermaid"], tmp_path).stdout
     assert drawn.startswith("flowchart") and '"report"' in drawn
     assert max(map(len, drawn.splitlines())) <= 100
+
+
+def test_ui_pages_read_the_store_without_creating_one(tmp_path: Path) -> None:
+    from reprolab.tracking.pages import main, runs_pages
+
+    database = tmp_path / "mlflow.db"
+    assert runs_pages(database, "http://127.0.0.1:5000") == []
+    assert main([str(database), "http://127.0.0.1:5000"]) == 0
+    assert not database.exists()

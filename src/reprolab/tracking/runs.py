@@ -28,6 +28,7 @@ from reprolab.core.paths import workspace_root
 from reprolab.core.schema import Params
 from reprolab.core.stage import FAILURE_HOOKS, STORE_FAULTS
 from reprolab.tracking.lineage import MD5_TAG, PATH_TAG, code_diff, log_code_diff, log_inputs
+from reprolab.tracking.pages import KIND, KIND_TAG
 from reprolab.tracking.store import artifact_root, repair_moved_store
 
 TAG_MODEL = "reprolab.model"
@@ -118,7 +119,10 @@ class Tracker:
             return found.experiment_id
         location = (artifact_root(self.uri) / name).as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            # Tagged so that MLflow 3's UI opens it on its runs, not on GenAI traces.
+            return self.client.create_experiment(
+                name, artifact_location=location, tags={KIND_TAG: KIND}
+            )
         except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
             return self.client.get_experiment_by_name(name).experiment_id
 
