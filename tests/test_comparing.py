@@ -89,6 +89,41 @@ def test_dvc_plots_render_offline(tiny_pipeline: dict, tmp_path: Path, command: 
     assert dom.count("<canvas") == charts, _text(dom)[:2000]
 
 
+def _title(content: dict) -> str:
+    """The chart title the page shows: the templates' expression (the model is the stem of
+    the file path DVC fills in), evaluated as Vega does."""
+    expr = content["title"]["text"]["expr"]
+    found = re.fullmatch(r"split\(peek\(split\('([^']+)', '/'\)\), '\.'\)\[0\] \+ '([^']+)'", expr)
+    assert found, expr
+    path, quantity = found.groups()
+    assert content["title"]["subtitle"] == path
+    return path.rsplit("/", 1)[-1].split(".")[0] + quantity
+
+
+def test_plots_name_model_and_quantity_and_mark_what_matters(tiny_pipeline: dict) -> None:
+    """Each chart is titled by model and quantity (not by its file path), its axes carry
+    units; trials are whole numbers with pruned ones marked; predictions have y = x."""
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], tiny_pipeline["repo"]).stdout)
+    charts = {p: shown[0]["content"] for p, shown in plots["data"].items() if "content" in shown[0]}
+    assert len(charts) >= 10  # every chart but the GAN's sample image
+    assert _title(charts["plots/curves/mlp.tsv"]) == "mlp: training and validation loss per epoch"
+    assert _title(charts["plots/confusion/lenet.csv"]).startswith("lenet: confusion matrix")
+    assert _title(charts["plots/fid/dcgan.tsv"]).startswith("dcgan: validation Fréchet")
+    for path, content in charts.items():
+        model = path.rsplit("/", 1)[-1].split(".")[0]
+        assert _title(content).startswith(f"{model}: "), path
+        labels = re.findall(r'"title": "([^"<]+)"', json.dumps(content, ensure_ascii=False))
+        assert any(u in " ".join(labels) for u in ("nats", "units", "split", "number")), path
+    trials = charts["plots/trials/mlp.tsv"]
+    assert trials["encoding"]["x"]["axis"] == {"tickMinStep": 1, "format": "d"}
+    shape = trials["layer"][1]["encoding"]["shape"]
+    assert shape["field"] == "state" and "PRUNED" in shape["scale"]["domain"]
+    assert "+: pruned" in _title(trials)
+    diagonal = charts["plots/predictions/tabular_mlp.csv"]["layer"][1]
+    assert diagonal["encoding"]["x"]["field"] == diagonal["encoding"]["y"]["field"] == "v"
+    assert "y = x" in _title(charts["plots/predictions/tabular_mlp.csv"])
+
+
 def _make(target: str, port: int) -> list[str]:
     """`make <target>` with this environment, without reinstalling it (-o: the install stamp
     counts as up to date)."""
