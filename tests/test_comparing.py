@@ -124,6 +124,29 @@ def test_plots_name_model_and_quantity_and_mark_what_matters(tiny_pipeline: dict
     assert "y = x" in _title(charts["plots/predictions/tabular_mlp.csv"])
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_exps_fits_200_columns_and_exps_changed_has_no_md5_columns(
+    tiny_pipeline: dict,
+) -> None:
+    """`dvc exp show` has a column per param and dependency (~150); the README leads with
+    `make exps` (the headline metrics) and `make exps-changed` (what differs, no md5s)."""
+    repo = tiny_pipeline["repo"]
+    venv = Path(sys.executable).parent.parent
+    make = ["make", "-s", "--no-print-directory", "-o", str(venv / ".reprolab-installed")]
+    for target in ("exps", "exps-changed"):
+        shown = run([*make, target, f"VENV={venv}"], repo, COLUMNS="200", PAGER="cat").stdout
+        lines = shown.splitlines()
+        assert max(map(len, lines)) <= 200, shown
+        header = next(line for line in lines if "Experiment" in line).split()
+        for column in ("mlp.test_acc", "lenet.test_acc", "tabular_mlp.test_rmsle"):
+            assert column in header, shown
+        assert not [c for c in header if "/" in c or c in ("models", "requirements.lock")]
+        assert not re.search(r"\b[0-9a-f]{32}\b", shown), shown  # no dependency md5
+    readme = (REPO / "README.md").read_text()
+    comparing = readme[readme.index("## Comparing") :]
+    assert comparing.index("make exps") < comparing.index("dvc exp show")
+
+
 def _make(target: str, port: int) -> list[str]:
     """`make <target>` with this environment, without reinstalling it (-o: the install stamp
     counts as up to date)."""
