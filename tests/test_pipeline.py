@@ -292,12 +292,16 @@ def test_studies_explain_their_names_and_share_one_lock_file(pipeline: dict) -> 
 
     import optuna
 
+    from reprolab.tuning.labels import identity_attrs
+
     repo = pipeline["repo"]
     storage = f"sqlite:///{repo / '.optuna/studies.db'}"
     summaries = optuna.get_all_study_summaries(storage)
     assert {s.study_name.split(".")[1] for s in summaries} >= set(MODELS)
     for summary in summaries:
-        attrs = summary.user_attrs
+        # `about` is for a reader; the rest is what the name's fingerprint hashes.
+        assert summary.user_attrs["about"].startswith(summary.study_name.split(".")[1] + " (")
+        attrs = identity_attrs(summary.user_attrs)
         assert {"seed", "tune", "train", "model", "data", "code"} <= set(attrs)
         digest = hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
         assert summary.study_name.endswith(f".{digest[:12]}")
@@ -305,3 +309,36 @@ def test_studies_explain_their_names_and_share_one_lock_file(pipeline: dict) -> 
         "studies.db",
         "studies.db.lock",
     ]
+
+
+def test_dashboard_names_the_objective_and_ranks_params_as_the_report(pipeline: dict) -> None:
+    """optuna-dashboard shows the objective's name (not "Objective 0"), and its importances
+    (PED-ANOVA over the study's complete trials) are the report's, from the trials table."""
+    import warnings
+
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    from reprolab.core.params import load_params
+    from reprolab.report.figures import param_importances, read_table
+
+    repo = pipeline["repo"]
+    params = load_params(repo / "params.yaml")
+    storage = f"sqlite:///{repo / '.optuna/studies.db'}"
+    for model in MODELS:
+        name = json.loads((repo / f"models/{model}/best_params.json").read_text())["study"]
+        study = optuna.load_study(study_name=name, storage=storage)
+        objective = "val_fid" if model in GENERATORS else "val_loss"
+        assert study.metric_names == [objective]
+        assert study.user_attrs["about"].endswith(
+            "hex digits of the sha256 of the other attributes (JSON, sorted keys)."
+        )
+        report = param_importances(read_table(repo / f"plots/trials/{model}.tsv"), params)
+        if report is None:  # under two complete trials: the dashboard shows none either
+            assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) <= 1
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dashboard = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+        assert report.keys() == dashboard.keys()
+        assert max(abs(report[k] - dashboard[k]) for k in report) < 0.02, (report, dashboard)
