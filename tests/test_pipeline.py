@@ -53,6 +53,18 @@ def pipeline(tiny_pipeline: dict) -> dict:
     return {**tiny_pipeline, "md5": md5s(tiny_pipeline["repo"], TRACKED)}
 
 
+def test_first_run_log_shows_progress_lines_and_no_download_bars(pipeline: dict) -> None:
+    """`dvc repro` into a pipe (a log, CI): each training says its epochs as it goes (no
+    bar off a terminal), and MLflow's "Downloading artifacts" bars stay out of it."""
+    log = pipeline["first"].stdout + pipeline["first"].stderr
+    max_epochs = TINY_PARAMS["generators"]["dcgan"]["budget"]["max_epochs"]
+    assert f"train dcgan: epoch 1/{max_epochs} val_fid " in log, log[-3000:]
+    assert "train dcgan: " in log and " epochs, best " in log
+    assert "trial 0: epoch 1/" in log
+    assert "Downloading artifacts" not in log
+    assert "it/s]" not in log  # no tqdm bar of any kind
+
+
 def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> None:
     repo = pipeline["repo"]
     assert set(stages_run(pipeline["first"].stdout)) == ALL_STAGES
