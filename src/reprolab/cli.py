@@ -44,7 +44,8 @@ def _load(args: argparse.Namespace, model: str | None = None):
 def check(args: argparse.Namespace) -> None:
     """Validate a params file completely, every model's arch options included.
 
-    Prints each model group with the dataset it reads."""
+    Prints each model group with the dataset it reads, and warns of a model that dvc.yaml's
+    `artifacts:` does not declare, with the lines to add."""
     params = load_params(args.params)
     groups = "; ".join(
         f"{group} on {params.dataset_of(next(iter(models)))}: {', '.join(models)}"
@@ -52,6 +53,10 @@ def check(args: argparse.Namespace) -> None:
         if (models := getattr(params, group))
     )
     print(f"{args.params}: valid; {groups}")
+    from reprolab.dvc_artifacts import artifact_advice
+
+    for advice in artifact_advice(params, Path(args.params).parent / "dvc.yaml"):
+        print(f"warning: {advice}", file=sys.stderr)
 
 
 def lr_find(args: argparse.Namespace) -> None:
