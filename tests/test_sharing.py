@@ -146,6 +146,27 @@ def test_predict_names_a_missing_model_or_an_unreadable_file(
         assert "Traceback" not in result.stderr
 
 
+def test_predict_from_another_folder_never_creates_a_tracking_store(
+    tiny_pipeline: dict, tmp_path: Path
+) -> None:
+    """A registry address outside the workspace: with no MLFLOW_TRACKING_URI, an error that
+    says how to point at the store, and no mlflow.db left behind; with it, the prediction."""
+    repo = tiny_pipeline["repo"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    images, _, _ = _write_inputs(repo, elsewhere, n=1)
+    predict = [sys.executable, "-m", "reprolab.cli", "predict", "--model"]
+    predict += ["models:/digits-mlp@champion", str(images[0])]
+    lost = run(predict, elsewhere, check=False, PYTHONPATH=str(repo / "src"))
+    assert lost.returncode == 1 and "MLFLOW_TRACKING_URI" in lost.stderr, lost.stderr
+    assert "Traceback" not in lost.stderr
+    explicit = run(
+        predict, elsewhere, PYTHONPATH=str(repo / "src"), MLFLOW_TRACKING_URI=_store(repo)
+    )
+    assert _table(explicit.stdout)[0][0] == str(images[0])
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["digit0.png", "rows.csv"]
+
+
 def test_mlflow_models_serve_answers_a_rest_request(tiny_pipeline: dict) -> None:
     import mlflow
 
