@@ -41,6 +41,14 @@ def test_html_report_has_leaderboard_and_every_figure(tiny_pipeline: dict) -> No
     assert all(f"figures/{kind}-mlp.png" in images for kind in ("history", "importance"))
     summary = (repo / "reports/summary.md").read_text()
     assert summary.count("](figures/") == len(images)
+    # Beside it, untracked: the commit, HEAD's metrics (none committed here) and MLflow runs.
+    context = (repo / "reports/context.md").read_text()
+    run_link = (
+        r"\[reprolab-digits / [0-9a-f]{8}\]\(http://127\.0\.0\.1:5000/#/experiments/\d+/runs/"
+    )
+    for model in MODELS:
+        assert re.search(rf"\| {model} \| test_acc \| [0-9.]+ \| - \| new \| {run_link}", context)
+    run(["git", "check-ignore", "-q", "reports/context.md"], repo)
 
 
 def test_dvc_exp_show_metrics_and_plots_give_model_columns_and_curves(

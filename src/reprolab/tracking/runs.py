@@ -236,20 +236,26 @@ def _parent_query(model: str, study: str) -> str:
     )
 
 
-def logged_metrics(dataset: str, model: str, study: str) -> dict[str, float]:
-    """The metrics of a model's parent run; empty when this store never saw that run."""
+def parent_run(dataset: str, model: str, study: str) -> mlflow.entities.Run | None:
+    """A model's parent run for its study; None when this store never saw that run."""
     open_store()
     client = MlflowClient()
     experiment = client.get_experiment_by_name(experiment_name(dataset))
     if experiment is None:
-        return {}
+        return None
     runs = client.search_runs(
         [experiment.experiment_id],
         _parent_query(model, study),
         order_by=["attributes.start_time ASC"],
         max_results=1,
     )
-    return dict(runs[0].data.metrics) if runs else {}
+    return runs[0] if runs else None
+
+
+def logged_metrics(dataset: str, model: str, study: str) -> dict[str, float]:
+    """The metrics of a model's parent run; empty when this store never saw that run."""
+    run = parent_run(dataset, model, study)
+    return dict(run.data.metrics) if run else {}
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
