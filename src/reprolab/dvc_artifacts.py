@@ -44,7 +44,8 @@ def artifact_advice(params: Params, dvc_yaml: Path) -> list[str]:
         if f"models/{model}/model.pt" not in paths
     ]
     advice += [
-        f"{dvc_yaml}: artifact {name} ({path}) is no model of params.yaml; remove it"
+        f"{dvc_yaml}: artifact {name} ({path}) is no model of params.yaml (a preset that "
+        "drops it is fine; else remove the entry)"
         for path, name in paths.items()
         if path not in {f"models/{m}/model.pt" for m in models}
     ]
