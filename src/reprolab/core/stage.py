@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import signal
 import sys
 from collections.abc import Callable
 
@@ -11,6 +12,15 @@ from reprolab.core import numerics
 from reprolab.core.errors import ReprolabError
 from reprolab.core.params import load_params
 from reprolab.core.schema import Params
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a CI timeout, a queue's kill): the stage ends as on Ctrl-C, its
+    MLflow runs KILLED, instead of dying with them left RUNNING."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def run_stage(
@@ -31,6 +41,7 @@ def run_stage(
         "--params", default="params.yaml", help="params file (default: %(default)s)"
     )
     args = parser.parse_args()
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         # A model stage checks its model's arch options too; the others need no torch.
         # download/split check their dataset is of their kind (they import its source anyway).
@@ -52,15 +63,18 @@ def run_stage(
         if isinstance(err, FileNotFoundError):
             sys.exit(f"error: {message}; run `dvc repro` (or `dvc pull`) to produce it")
         sys.exit(f"error: {message}; free space or fix the permissions, then rerun the stage")
-    except KeyboardInterrupt:
-        _failed("KILLED", "interrupted (Ctrl-C)")
-        sys.exit(f"{parser.prog}: interrupted; no output was replaced (writes are atomic)")
+    except KeyboardInterrupt as err:
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted (Ctrl-C)"
+        _failed("KILLED", how)
+        sys.exit(f"{parser.prog}: {how}; no output was replaced (writes are atomic)")
     except BaseException as err:
         known = store_fault(err)
         _failed("FAILED", known or f"{type(err).__name__}: {err}")
         if known is None:
             raise  # a bug: keep its traceback
         sys.exit(f"error: {known}")
+    finally:  # an in-process caller (a test) gets its handler back
+        signal.signal(signal.SIGTERM, previous)
     # The run is done. Interpreter shutdown runs full garbage collections over every object
     # torch and MLflow allocated (0.7-0.9 s a stage, bench/startup.py); frozen ones are skipped.
     gc.freeze()
@@ -71,7 +85,7 @@ def run_stage(
 STORE_FAULTS: list[tuple[type[BaseException], str]] = []
 
 # Called with (status, reason) when a stage fails: tracking ends the MLflow runs this
-# process left running (FAILED, or KILLED on Ctrl-C) instead of leaving them RUNNING.
+# process left running (FAILED, or KILLED on Ctrl-C or SIGTERM) instead of leaving them RUNNING.
 FAILURE_HOOKS: list[Callable[[str, str], None]] = []
 
 
