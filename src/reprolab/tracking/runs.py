@@ -116,6 +116,8 @@ class Tracker:
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if KIND_TAG not in found.tags:  # made before the tag: opens on its runs from now
+                self.client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
             return found.experiment_id
         location = (artifact_root(self.uri) / name).as_uri()
         try:
