@@ -10,10 +10,13 @@ UI_PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test test-fast test-cpus lint format exps ui dashboard clean-stores
+.PHONY: help install repro test test-fast test-cpus lint format exps exps-changed ui dashboard clean-stores
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
+	  | sed -e 's|$$(VENV)|$(VENV)|g' -e 's|$$(UI_PORT)|$(UI_PORT)|g' \
+	        -e 's|$$(DASHBOARD_PORT)|$(DASHBOARD_PORT)|g' \
+	  | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create $(VENV) and install reprolab with pinned dependencies (pip)
 
@@ -46,7 +49,13 @@ format: install ## ruff fix and format
 exps: install ## dvc exp show with the headline test metrics only (every column of it fits)
 	$(RUN) dvc exp show --drop '^(?!Experiment$$|Created$$|[^.]+\.test_(acc|rmsle|fid)$$)'
 
+# Dependency columns: paths, and the folders and lock file the report and every stage read.
+DEP_COLUMNS := ^(.*/.*|requirements\.lock|metrics|models|plots)$$
+exps-changed: install ## dvc exp show --only-changed without the dependency md5 columns
+	$(RUN) dvc exp show --only-changed --drop '$(DEP_COLUMNS)'
+
 ui: install ## open the MLflow UI on the repo's tracking store (http://127.0.0.1:$(UI_PORT))
+	@$(RUN) python -m reprolab.tracking.pages $(CURDIR)/mlflow.db http://127.0.0.1:$(UI_PORT)
 	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 dashboard: install ## open optuna-dashboard on the study storage (http://127.0.0.1:$(DASHBOARD_PORT))

@@ -117,11 +117,41 @@ def test_lr_find_default_out_is_ignored_by_git_and_dvc() -> None:
     run(["dvc", "check-ignore", "-q", probe], REPO)
 
 
+def test_check_gives_the_artifacts_lines_a_new_model_needs(tmp_path: Path) -> None:
+    """A model added to params.yaml only: `reprolab check` passes and prints the dvc.yaml
+    `artifacts:` lines it lacks; pasted in, DVC reads them as tests/test_dag.py wants."""
+    import yaml
+    from dvc.repo import Repo
+
+    for rel in ("dvc.yaml", "params.yaml", ".dvc/config"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text((REPO / rel).read_text())
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["regressors"]["wide_mlp"] = params["regressors"]["tabular_mlp"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    check = [sys.executable, "-m", "reprolab.cli", "check"]
+    told = run_in_pipes(check, tmp_path)
+    assert told.returncode == 0, told.stderr
+    said = told.stderr.decode()
+    assert said.startswith("warning: dvc.yaml: wide_mlp has no entry under `artifacts:`")
+    lines = said.split("add:\n", 1)[1]
+    assert lines.startswith("  wide-mlp: {path: models/wide_mlp/model.pt, type: model")
+    with open(tmp_path / "dvc.yaml", "a") as dvc_yaml:  # artifacts: is its last section
+        dvc_yaml.write(lines)
+    assert run_in_pipes(check, tmp_path).stderr == b""
+    with Repo(str(tmp_path), config={"core": {"no_scm": True}}) as repo:
+        artifact = repo.artifacts.read()["dvc.yaml"]["wide-mlp"]
+    assert artifact.path == "models/wide_mlp/model.pt" and artifact.type == "model"
+    assert artifact.labels == ["regressor", "diabetes"]
+    assert artifact.meta == {"mlflow_model": "diabetes-wide_mlp"}
+
+
 def test_epoch_bar_is_drawn_on_a_terminal() -> None:
     code, shown = run_in_terminal([sys.executable, "-c", TINY_FIT], REPO, env=child_env())
     assert code == 0, shown[-2000:]
     assert b"trained 3 epochs" in shown
     assert re.search(rb"epochs: +" + BAR.pattern, shown), shown[-2000:]
+    assert b"epochs: epoch 1/3" not in shown  # the lines are for pipes, where no bar is
 
 
 def test_epoch_bar_stays_out_of_pipes() -> None:
@@ -129,7 +159,10 @@ def test_epoch_bar_stays_out_of_pipes() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == b"trained 3 epochs"
     assert not BAR.search(result.stdout + result.stderr), result.stderr[-2000:]
-    assert b"epochs:" not in result.stderr
+    # Instead of a bar, short lines (learn.loop.EpochLines): the first epoch's, a closing one.
+    lines = result.stderr.decode().splitlines()
+    assert lines[0].startswith("epochs: epoch 1/3 val_loss "), lines
+    assert lines[-1].startswith("epochs: 3 epochs, best "), lines
 
 
 def test_lr_find_draws_its_bar_on_a_terminal(digits_split: Path) -> None:

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, run, server
+from conftest import REPO, free_port, run, server
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +41,14 @@ def test_html_report_has_leaderboard_and_every_figure(tiny_pipeline: dict) -> No
     assert all(f"figures/{kind}-mlp.png" in images for kind in ("history", "importance"))
     summary = (repo / "reports/summary.md").read_text()
     assert summary.count("](figures/") == len(images)
+    # Beside it, untracked: the commit, HEAD's metrics (none committed here) and MLflow runs.
+    context = (repo / "reports/context.md").read_text()
+    run_link = (
+        r"\[reprolab-digits / [0-9a-f]{8}\]\(http://127\.0\.0\.1:5000/#/experiments/\d+/runs/"
+    )
+    for model in MODELS:
+        assert re.search(rf"\| {model} \| test_acc \| [0-9.]+ \| - \| new \| {run_link}", context)
+    run(["git", "check-ignore", "-q", "reports/context.md"], repo)
 
 
 def test_dvc_exp_show_metrics_and_plots_give_model_columns_and_curves(
@@ -67,6 +75,86 @@ def test_dvc_exp_show_metrics_and_plots_give_model_columns_and_curves(
         assert f"plots/confusion/{model}.csv" in shown
 
 
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (.ci/run)")
+@pytest.mark.parametrize("command", ["show", "diff"])
+def test_dvc_plots_render_offline(tiny_pipeline: dict, tmp_path: Path, command: str) -> None:
+    """`dvc plots show` / `diff` write a page whose charts Vega draws with no network: the
+    page template (.dvc/config plots.html_template) inlines Vega, Vega-Lite and vega-embed."""
+    repo = tiny_pipeline["repo"]
+    template = REPO / ".dvc/plots/page.html"
+    assert template.stat().st_size < 2_000_000
+    notices = template.read_text().split("-->", 1)[0]
+    for name in ("vega 5.", "vega-lite 5.", "vega-embed 6."):
+        assert name in notices
+    assert notices.count("Redistribution and use in source and binary forms") == 3
+    out = tmp_path / "plots"
+    run(["dvc", "plots", command, "-o", str(out)], repo)
+    page = (out / "index.html").read_text()
+    assert "<script src=" not in page  # nothing fetched, from a CDN or elsewhere
+    charts = len(re.findall(r"vegaEmbed\(.#plots_", page))
+    assert charts >= 10  # every plot of the tiny pipeline but the GAN's sample image (<img>)
+    dom = _chromium((out / "index.html").as_uri(), tmp_path / "profile", offline=True)
+    assert dom.count("<canvas") == charts, _text(dom)[:2000]
+
+
+def _title(content: dict) -> str:
+    """The chart title the page shows: the templates' expression (the model is the stem of
+    the file path DVC fills in), evaluated as Vega does."""
+    expr = content["title"]["text"]["expr"]
+    found = re.fullmatch(r"split\(peek\(split\('([^']+)', '/'\)\), '\.'\)\[0\] \+ '([^']+)'", expr)
+    assert found, expr
+    path, quantity = found.groups()
+    assert content["title"]["subtitle"] == path
+    return path.rsplit("/", 1)[-1].split(".")[0] + quantity
+
+
+def test_plots_name_model_and_quantity_and_mark_what_matters(tiny_pipeline: dict) -> None:
+    """Each chart is titled by model and quantity (not by its file path), its axes carry
+    units; trials are whole numbers with pruned ones marked; predictions have y = x."""
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], tiny_pipeline["repo"]).stdout)
+    charts = {p: shown[0]["content"] for p, shown in plots["data"].items() if "content" in shown[0]}
+    assert len(charts) >= 10  # every chart but the GAN's sample image
+    assert _title(charts["plots/curves/mlp.tsv"]) == "mlp: training and validation loss per epoch"
+    assert _title(charts["plots/confusion/lenet.csv"]).startswith("lenet: confusion matrix")
+    assert _title(charts["plots/fid/dcgan.tsv"]).startswith("dcgan: validation Fréchet")
+    for path, content in charts.items():
+        model = path.rsplit("/", 1)[-1].split(".")[0]
+        assert _title(content).startswith(f"{model}: "), path
+        labels = re.findall(r'"title": "([^"<]+)"', json.dumps(content, ensure_ascii=False))
+        assert any(u in " ".join(labels) for u in ("nats", "units", "split", "number")), path
+    trials = charts["plots/trials/mlp.tsv"]
+    assert trials["encoding"]["x"]["axis"] == {"tickMinStep": 1, "format": "d"}
+    shape = trials["layer"][1]["encoding"]["shape"]
+    assert shape["field"] == "state" and "PRUNED" in shape["scale"]["domain"]
+    assert "+: pruned" in _title(trials)
+    diagonal = charts["plots/predictions/tabular_mlp.csv"]["layer"][1]
+    assert diagonal["encoding"]["x"]["field"] == diagonal["encoding"]["y"]["field"] == "v"
+    assert "y = x" in _title(charts["plots/predictions/tabular_mlp.csv"])
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_exps_fits_200_columns_and_exps_changed_has_no_md5_columns(
+    tiny_pipeline: dict,
+) -> None:
+    """`dvc exp show` has a column per param and dependency (~150); the README leads with
+    `make exps` (the headline metrics) and `make exps-changed` (what differs, no md5s)."""
+    repo = tiny_pipeline["repo"]
+    venv = Path(sys.executable).parent.parent
+    make = ["make", "-s", "--no-print-directory", "-o", str(venv / ".reprolab-installed")]
+    for target in ("exps", "exps-changed"):
+        shown = run([*make, target, f"VENV={venv}"], repo, COLUMNS="200", PAGER="cat").stdout
+        lines = shown.splitlines()
+        assert max(map(len, lines)) <= 200, shown
+        header = next(line for line in lines if "Experiment" in line).split()
+        for column in ("mlp.test_acc", "lenet.test_acc", "tabular_mlp.test_rmsle"):
+            assert column in header, shown
+        assert not [c for c in header if "/" in c or c in ("models", "requirements.lock")]
+        assert not re.search(r"\b[0-9a-f]{32}\b", shown), shown  # no dependency md5
+    readme = (REPO / "README.md").read_text()
+    comparing = readme[readme.index("## Comparing") :]
+    assert comparing.index("make exps") < comparing.index("dvc exp show")
+
+
 def _make(target: str, port: int) -> list[str]:
     """`make <target>` with this environment, without reinstalling it (-o: the install stamp
     counts as up to date)."""
@@ -76,9 +164,14 @@ def _make(target: str, port: int) -> list[str]:
     return ["make", "-o", str(stamp), target, f"VENV={venv}", f"{var}={port}"]
 
 
-def _chromium(url: str, profile: Path, screenshot: Path | None = None) -> str:
+def _chromium(
+    url: str, profile: Path, screenshot: Path | None = None, offline: bool = False
+) -> str:
+    # offline: every host name fails to resolve and any proxy lookup goes nowhere.
+    network = ["--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9"]
     cmd = [
         shutil.which("chromium") or "chromium",
+        *(network if offline else []),
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -120,6 +213,12 @@ def test_make_ui_lists_the_runs_with_their_metrics(tiny_pipeline: dict, tmp_path
     url = f"http://127.0.0.1:{port}"
     with server(_make("ui", port), repo, f"{url}/health", timeout=180):
         runs_page = f"{url}/#/experiments/{experiment}/runs"
+        # `make ui` prints where this project's runs are (MLflow 3 opens on GenAI traces),
+        # and the experiment is tagged so that its own page opens on the runs.
+        printed = (repo.parent / f"server-make-{os.getpid()}.log").read_text()
+        assert f"reprolab-digits: {runs_page}" in printed, printed
+        kind = mlflow.get_experiment(experiment).tags.get("mlflow.experimentKind")
+        assert kind == "custom_model_development"
         runs_text = _text(_chromium(runs_page, tmp_path / "p1"))
         compare = (
             f"{url}/#/compare-runs?runs={urllib.parse.quote(ids)}"

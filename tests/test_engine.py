@@ -221,6 +221,26 @@ def test_fit_logs_one_row_per_epoch_and_progress_can_be_forced(capsys) -> None:
     assert "epochs" in capsys.readouterr().err
 
 
+def test_off_a_terminal_each_epoch_prints_a_short_line(capsys, monkeypatch) -> None:
+    """Under `dvc repro > log` or CI (stderr not a TTY) no bar is drawn: a line per epoch
+    (at most one every EPOCH_LINE_S seconds; here every one) and a closing line say the
+    stage is moving. On a terminal the tqdm bar stays; progress=False prints nothing."""
+    from reprolab.learn import loop
+
+    monkeypatch.setattr(loop, "EPOCH_LINE_S", 0.0)
+    model = small_mlp()
+    opt = make_optimizer(model, ModelSpec(arch="mlp"), lr=0.01, weight_decay=0.0)
+    run = dict(optimizer=opt, train_params=TrainParams(max_epochs=3, patience=3), epochs=3)
+    fit(model, blobs(64, 1), blobs(32, 2), batch_size=16, seed=0, desc="train mlp", **run)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" val_loss")[0] for line in lines[:3]] == [
+        f"train mlp: epoch {e}/3" for e in (1, 2, 3)
+    ]
+    assert lines[3].startswith("train mlp: 3 epochs, best ") and len(lines) == 4
+    fit(model, blobs(64, 1), blobs(32, 2), batch_size=16, seed=0, progress=False, **run)
+    assert capsys.readouterr().err == ""
+
+
 def test_conv_nets_train_channels_last_on_cpu_and_come_back_contiguous() -> None:
     torch.manual_seed(0)
     model = build_model(ArchSpec("lenet", {}, (1, 8, 8), 3, [0.0], [1.0]))

@@ -4,7 +4,10 @@ diff with the run."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -80,12 +83,13 @@ def test_a_new_untracked_code_file_makes_the_run_dirty(
 
 @pytest.mark.parametrize(
     ("raised", "status"),
-    [("error", "FAILED"), ("interrupt", "KILLED"), ("bug", "FAILED")],
+    [("error", "FAILED"), ("interrupt", "KILLED"), ("terminate", "KILLED"), ("bug", "FAILED")],
 )
 def test_a_failing_stage_ends_the_runs_it_left_running(
     raised: str, status: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from reprolab.core.errors import DivergedError
+    from reprolab.core.stage import _terminate as stage_handler
     from reprolab.core.stage import run_stage
 
     (tmp_path / ".dvc").mkdir()
@@ -102,15 +106,21 @@ def test_a_failing_stage_ends_the_runs_it_left_running(
             raise DivergedError("loss diverged at epoch 3")
         if raised == "interrupt":
             raise KeyboardInterrupt
+        if raised == "terminate":  # `kill <pid>`, a CI timeout: a real SIGTERM to this process
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
         raise RuntimeError("a bug")
 
     with pytest.raises((SystemExit, RuntimeError)):
         run_stage("a stage", body, model_arg=True)
+    assert signal.getsignal(signal.SIGTERM) is not stage_handler  # pytest's is back
     run = MlflowClient().get_run(opened[0])
     assert run.info.status == status
+    assert (run.data.tags["reprolab.failure"] == "terminated (SIGTERM)") == (raised == "terminate")
     assert run.data.tags["reprolab.failure"] in (
         "loss diverged at epoch 3",
         "interrupted (Ctrl-C)",
+        "terminated (SIGTERM)",
         "RuntimeError: a bug",
     )
 

@@ -55,6 +55,18 @@ def pipeline(tiny_pipeline: dict) -> dict:
     return {**tiny_pipeline, "md5": md5s(tiny_pipeline["repo"], TRACKED)}
 
 
+def test_first_run_log_shows_progress_lines_and_no_download_bars(pipeline: dict) -> None:
+    """`dvc repro` into a pipe (a log, CI): each training says its epochs as it goes (no
+    bar off a terminal), and MLflow's "Downloading artifacts" bars stay out of it."""
+    log = pipeline["first"].stdout + pipeline["first"].stderr
+    max_epochs = TINY_PARAMS["generators"]["dcgan"]["budget"]["max_epochs"]
+    assert f"train dcgan: epoch 1/{max_epochs} val_fid " in log, log[-3000:]
+    assert "train dcgan: " in log and " epochs, best " in log
+    assert "trial 0: epoch 1/" in log
+    assert "Downloading artifacts" not in log
+    assert "it/s]" not in log  # no tqdm bar of any kind
+
+
 def test_first_run_runs_every_stage_and_writes_every_output(pipeline: dict) -> None:
     repo = pipeline["repo"]
     assert set(stages_run(pipeline["first"].stdout)) == ALL_STAGES
@@ -290,12 +302,16 @@ def test_studies_explain_their_names_and_share_one_lock_file(pipeline: dict) -> 
 
     import optuna
 
+    from reprolab.tuning.labels import identity_attrs
+
     repo = pipeline["repo"]
     storage = f"sqlite:///{repo / '.optuna/studies.db'}"
     summaries = optuna.get_all_study_summaries(storage)
     assert {s.study_name.split(".")[1] for s in summaries} >= set(MODELS)
     for summary in summaries:
-        attrs = summary.user_attrs
+        # `about` is for a reader; the rest is what the name's fingerprint hashes.
+        assert summary.user_attrs["about"].startswith(summary.study_name.split(".")[1] + " (")
+        attrs = identity_attrs(summary.user_attrs)
         assert {"seed", "tune", "train", "model", "data", "code"} <= set(attrs)
         digest = hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
         assert summary.study_name.endswith(f".{digest[:12]}")
@@ -311,3 +327,36 @@ def test_dvc_plots_reads_every_plot_and_nothing_else(pipeline: dict) -> None:
     shown = json.loads(run(["dvc", "plots", "show", "--json"], pipeline["repo"]).stdout)
     assert not shown.get("errors"), shown.get("errors")
     assert (pipeline["repo"] / "plots/trials/.gitignore").is_file()
+
+
+def test_dashboard_names_the_objective_and_ranks_params_as_the_report(pipeline: dict) -> None:
+    """optuna-dashboard shows the objective's name (not "Objective 0"), and its importances
+    (PED-ANOVA over the study's complete trials) are the report's, from the trials table."""
+    import warnings
+
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    from reprolab.core.params import load_params
+    from reprolab.report.figures import param_importances, read_table
+
+    repo = pipeline["repo"]
+    params = load_params(repo / "params.yaml")
+    storage = f"sqlite:///{repo / '.optuna/studies.db'}"
+    for model in MODELS:
+        name = json.loads((repo / f"models/{model}/best_params.json").read_text())["study"]
+        study = optuna.load_study(study_name=name, storage=storage)
+        objective = "val_fid" if model in GENERATORS else "val_loss"
+        assert study.metric_names == [objective]
+        assert study.user_attrs["about"].endswith(
+            "hex digits of the sha256 of the other attributes (JSON, sorted keys)."
+        )
+        report = param_importances(read_table(repo / f"plots/trials/{model}.tsv"), params)
+        if report is None:  # under two complete trials: the dashboard shows none either
+            assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) <= 1
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dashboard = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+        assert report.keys() == dashboard.keys()
+        assert max(abs(report[k] - dashboard[k]) for k in report) < 0.02, (report, dashboard)

@@ -107,11 +107,13 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
         row = next(line for line in screen if f"[bs{size}]" in line)
         accuracy = float(rows[f"bs{size}"][header.index("mlp.test_acc")])
         assert f"{accuracy:.5f}".rstrip("0") in row, row
-    # Plots compare the two experiments, one plot per model, titled by file, axes named.
+    # Plots compare the two experiments, one plot per model, titled by model (its file the
+    # subtitle), axes named.
     plots = json.loads(run(["dvc", "plots", "diff", "bs32", "bs16", "--json"], repo).stdout)
     curves = plots["data"]["plots/curves/mlp.tsv"][0]
     assert set(curves["revisions"]) == {"bs32", "bs16"}
-    assert curves["content"]["title"]["text"] == "plots/curves/mlp.tsv"
+    assert curves["content"]["title"]["subtitle"] == "plots/curves/mlp.tsv"
+    assert "'plots/curves/mlp.tsv'" in curves["content"]["title"]["text"]["expr"]
     assert "loss" in json.dumps(curves["content"]["layer"][0]["encoding"]["y"]["title"])
 
     experiment = client.get_experiment_by_name("reprolab-digits")

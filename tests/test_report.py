@@ -160,3 +160,31 @@ def test_reprolab_champion_ranks_the_workspace_and_writes_no_file(
     assert sorted(p for p in tmp_path.rglob("*") if not p.name.startswith("mlflow")) == [
         p for p in before if not p.name.startswith("mlflow")
     ]
+
+
+def test_context_puts_this_result_beside_heads_with_run_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reports/context.md (untracked): the commit, each network's headline metric beside
+    HEAD's committed one, and a link to its MLflow run; a tracked report holds none of them."""
+    from conftest import run
+
+    from reprolab.report.context import committed_metrics, render_context
+
+    monkeypatch.chdir(tmp_path)
+    run(["git", "init", "-q"], tmp_path)
+    write_json("reports/metrics.json", {"mlp": {"test_acc": 0.9}})
+    run(["git", "add", "-A"], tmp_path)
+    run(["git", "commit", "-qm", "result"], tmp_path)
+    write_json("reports/metrics.json", {"mlp": {"test_acc": 0.95}})  # the workspace's
+    assert committed_metrics() == {"mlp": {"test_acc": 0.9}}  # HEAD's, not the workspace's
+    params = validate_params(
+        {"classifiers": {"mlp": {"arch": "mlp"}, "lenet": {"arch": "lenet"}}}, options_of=[]
+    )
+    metrics = {"mlp": {"test_acc": 0.95}, "lenet": {"test_acc": 0.8}}
+    runs = {"mlp": ("reprolab-digits", "1", "f" * 32), "lenet": None}
+    page = render_context(params, metrics, committed_metrics(), "abc1234", runs)
+    assert "Made at git commit `abc1234`" in page
+    link = f"[reprolab-digits / ffffffff](http://127.0.0.1:5000/#/experiments/1/runs/{'f' * 32})"
+    assert f"| mlp | test_acc | 0.95 | 0.9 | +0.05 | {link} |" in page
+    assert "| lenet | test_acc | 0.8 | - | new | - |" in page

@@ -146,6 +146,27 @@ def test_predict_names_a_missing_model_or_an_unreadable_file(
         assert "Traceback" not in result.stderr
 
 
+def test_predict_from_another_folder_never_creates_a_tracking_store(
+    tiny_pipeline: dict, tmp_path: Path
+) -> None:
+    """A registry address outside the workspace: with no MLFLOW_TRACKING_URI, an error that
+    says how to point at the store, and no mlflow.db left behind; with it, the prediction."""
+    repo = tiny_pipeline["repo"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    images, _, _ = _write_inputs(repo, elsewhere, n=1)
+    predict = [sys.executable, "-m", "reprolab.cli", "predict", "--model"]
+    predict += ["models:/digits-mlp@champion", str(images[0])]
+    lost = run(predict, elsewhere, check=False, PYTHONPATH=str(repo / "src"))
+    assert lost.returncode == 1 and "MLFLOW_TRACKING_URI" in lost.stderr, lost.stderr
+    assert "Traceback" not in lost.stderr
+    explicit = run(
+        predict, elsewhere, PYTHONPATH=str(repo / "src"), MLFLOW_TRACKING_URI=_store(repo)
+    )
+    assert _table(explicit.stdout)[0][0] == str(images[0])
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["digit0.png", "rows.csv"]
+
+
 def test_mlflow_models_serve_answers_a_rest_request(tiny_pipeline: dict) -> None:
     import mlflow
 
@@ -169,3 +190,27 @@ def test_mlflow_models_serve_answers_a_rest_request(tiny_pipeline: dict) -> None
     predictions = np.asarray(answer["predictions"])
     assert predictions.shape == (4, 10)
     np.testing.assert_allclose(predictions, expected, rtol=1e-4, atol=1e-4)
+    # Class probabilities (not logits), in the order of the version's metadata `classes`.
+    np.testing.assert_allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
+    assert (predictions >= 0).all()
+    info = mlflow.models.get_model_info("models:/digits-mlp/1")
+    assert info.metadata["classes"] == [str(c) for c in range(10)]
+
+
+def test_served_regressor_takes_a_flat_row_and_answers_the_target(
+    tiny_pipeline: dict, tmp_path: Path
+) -> None:
+    """The served tabular model (the pyfunc `mlflow models serve` runs) takes a flat row of
+    raw features and answers the target in its units, as `reprolab predict` prints it."""
+    import mlflow
+
+    repo = tiny_pipeline["repo"]
+    with np.load(repo / "data/splits/tabular/val.npz") as data:
+        rows = data["x"][:3].astype("float32")
+    rows_csv = tmp_path / "rows.csv"
+    rows_csv.write_text("\n".join(",".join(f"{v:.9g}" for v in row) for row in rows) + "\n")
+    mlflow.set_tracking_uri(_store(repo))
+    served = mlflow.pyfunc.load_model("models:/diabetes-tabular_mlp/1").predict(rows)
+    printed = _table(_predict(repo, "--model", "models/tabular_mlp", str(rows_csv)).stdout)
+    assert np.asarray(served).shape == (3, 1)
+    np.testing.assert_allclose(np.asarray(served)[:, 0], [float(r[1]) for r in printed], rtol=1e-4)

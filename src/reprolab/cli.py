@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reprolab.core.errors import ParamsError, ReprolabError
+from reprolab.core.numerics import require_cpu_for
 from reprolab.core.params import load_params
-from reprolab.core.schema import GROUPS, Params
+from reprolab.core.schema import GROUPS
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -41,25 +42,23 @@ def _load(args: argparse.Namespace, model: str | None = None):
     )
 
 
-def _require_cpu(params: Params) -> None:
-    if params.numerics == "portable":
-        from reprolab.core import numerics
-
-        numerics.require_portable()
-
-
 def check(args: argparse.Namespace) -> None:
     """Validate a params file completely, every model's arch options included.
 
-    Prints each model group with the dataset it reads."""
-    # A CPU the portable kernels cannot run on: one line, before the checks load numpy.
-    params = load_params(args.params, before_modules=_require_cpu)
+    Prints each model group with the dataset it reads, and warns of a model that dvc.yaml's
+    `artifacts:` does not declare, with the lines to add. A CPU the portable kernels cannot
+    run on is one line, before the checks load numpy."""
+    params = load_params(args.params, before_modules=lambda p: require_cpu_for(p.numerics))
     groups = "; ".join(
         f"{group} on {params.dataset_of(next(iter(models)))}: {', '.join(models)}"
         for group in GROUPS
         if (models := getattr(params, group))
     )
     print(f"{args.params}: valid; {groups}")
+    from reprolab.dvc_artifacts import artifact_advice
+
+    for advice in artifact_advice(params, Path(args.params).parent / "dvc.yaml"):
+        print(f"warning: {advice}", file=sys.stderr)
 
 
 def lr_find(args: argparse.Namespace) -> None:

@@ -109,6 +109,12 @@ def require_portable() -> None:
     )
 
 
+def require_cpu_for(mode: str) -> None:
+    """:func:`require_portable` where ``mode`` is portable (`reprolab check`)."""
+    if mode == "portable":
+        require_portable()
+
+
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"numerics mode must be one of {MODES}, got {mode!r}")

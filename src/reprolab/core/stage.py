@@ -92,7 +92,7 @@ def _terminate(signum: int, frame: object) -> None:
 STORE_FAULTS: list[tuple[type[BaseException], str]] = []
 
 # Called with (status, reason) when a stage fails: tracking ends the MLflow runs this
-# process left running (FAILED, or KILLED on Ctrl-C) instead of leaving them RUNNING.
+# process left running (FAILED, or KILLED on Ctrl-C or SIGTERM) instead of leaving them RUNNING.
 FAILURE_HOOKS: list[Callable[[str, str], None]] = []
 
 

@@ -163,11 +163,15 @@ def _history(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
 
 
 def param_importances(rows: list[dict[str, str]], params: Params) -> dict[str, float] | None:
-    """fANOVA importances (seeded) of the tuned params over the complete trials of the
-    trials table, or None with fewer than two complete trials."""
+    """PED-ANOVA importances of the tuned params over the complete trials of the trials
+    table, or None with fewer than two complete trials. PED-ANOVA is what optuna-dashboard
+    computes, so the report and the dashboard show one ranking for a study; it is
+    deterministic (no seed), where fANOVA's random forest gives other numbers per seed."""
+    import warnings
+
     import optuna
     from optuna.distributions import FloatDistribution
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
     ranges = {"lr": params.tune.lr, "weight_decay": params.tune.weight_decay}
     dists = {k: FloatDistribution(r.low, r.high, log=True) for k, r in ranges.items()}
@@ -182,7 +186,9 @@ def param_importances(rows: list[dict[str, str]], params: Params) -> dict[str, f
         study.add_trial(
             optuna.trial.create_trial(params=values, distributions=dists, value=float(r["value"]))
         )
-    evaluator = FanovaImportanceEvaluator(seed=params.seed)
+    with warnings.catch_warnings():  # experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        evaluator = PedAnovaImportanceEvaluator()
     return dict(get_param_importances(study, evaluator=evaluator, normalize=True))
 
 
@@ -195,7 +201,7 @@ def _importances(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
     else:
         names = sorted(importances, key=lambda k: importances[k])
         ax.barh(names, [importances[k] for k in names], color="C0")
-        ax.set(xlim=(0, 1), xlabel="importance (fANOVA)")
+        ax.set(xlim=(0, 1), xlabel="importance (PED-ANOVA, as optuna-dashboard)")
     ax.set_title(f"{model}: hyperparameter importances")
     return True
 

@@ -8,6 +8,7 @@ import html
 from reprolab.core import paths
 from reprolab.core.io import write_json, write_text, write_tsv
 from reprolab.core.schema import Params
+from reprolab.report.context import context_markdown
 from reprolab.report.leaderboard import (
     FIGURES_DIR,
     Section,
@@ -148,11 +149,13 @@ def render_html(
 
 def write_report(params: Params) -> list[tuple[Section, list[dict]]]:
     """reports/summary.md, index.html, metrics.json and figures/ (DVC outputs);
-    reports/train_times.tsv
-    (wall-clock, untracked). Returns the ranked rows of each section."""
+    reports/train_times.tsv (wall-clock) and context.md (commit, HEAD's metrics, MLflow
+    runs), both untracked. Returns the ranked rows of each section."""
     boards, figures = leaderboards(params)
     write_text(paths.REPORTS / "summary.md", render_markdown(params, boards, figures))
     write_text(paths.REPORTS / "index.html", render_html(params, boards, figures))
-    write_json(paths.REPORTS / "metrics.json", headline_metrics(params, boards))
+    headline = headline_metrics(params, boards)
+    write_json(paths.REPORTS / "metrics.json", headline)
     write_tsv(paths.REPORTS / "train_times.tsv", train_times(params))
+    write_text(paths.REPORTS / "context.md", context_markdown(params, headline))
     return boards

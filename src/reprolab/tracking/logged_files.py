@@ -26,8 +26,20 @@ def download_extra_files(uri: str, names: Iterable[str], dest: Path) -> None:
     before they were) raises CheckpointError saying so."""
     import mlflow
 
-    from reprolab.tracking.runs import open_store
+    from reprolab.tracking.runs import open_store, tracking_uri
+    from reprolab.tracking.store import sqlite_file
 
+    # MLflow creates a SQLite store it is pointed at: run outside the workspace, that would
+    # leave an empty mlflow.db in the cwd and then find no model in it. Read only a store
+    # that exists (the workspace's, found from the cwd up, or MLFLOW_TRACKING_URI's).
+    database = sqlite_file(tracking_uri())
+    if database is not None and not database.is_file():
+        raise CheckpointError(
+            f"{uri}: no MLflow tracking store at {database} (nothing was created): run "
+            "`reprolab predict` inside the workspace that trained it, or set "
+            "MLFLOW_TRACKING_URI=sqlite:///<workspace>/mlflow.db (or a server's URL); or give "
+            "a model folder (--model models/<name>)"
+        )
     open_store()  # a moved workspace's versions read from its own mlartifacts/
     try:
         info = mlflow.models.get_model_info(uri)  # the MLmodel file alone

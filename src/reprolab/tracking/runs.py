@@ -28,6 +28,7 @@ from reprolab.core.paths import workspace_root
 from reprolab.core.schema import Params
 from reprolab.core.stage import FAILURE_HOOKS, STORE_FAULTS
 from reprolab.tracking.lineage import MD5_TAG, PATH_TAG, code_diff, log_code_diff, log_inputs
+from reprolab.tracking.pages import KIND, KIND_TAG
 from reprolab.tracking.store import artifact_root, repair_moved_store
 
 TAG_MODEL = "reprolab.model"
@@ -115,10 +116,15 @@ class Tracker:
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if KIND_TAG not in found.tags:  # made before the tag: opens on its runs from now
+                self.client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
             return found.experiment_id
         location = (artifact_root(self.uri) / name).as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            # Tagged so that MLflow 3's UI opens it on its runs, not on GenAI traces.
+            return self.client.create_experiment(
+                name, artifact_location=location, tags={KIND_TAG: KIND}
+            )
         except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -232,20 +238,26 @@ def _parent_query(model: str, study: str) -> str:
     )
 
 
-def logged_metrics(dataset: str, model: str, study: str) -> dict[str, float]:
-    """The metrics of a model's parent run; empty when this store never saw that run."""
+def parent_run(dataset: str, model: str, study: str) -> mlflow.entities.Run | None:
+    """A model's parent run for its study; None when this store never saw that run."""
     open_store()
     client = MlflowClient()
     experiment = client.get_experiment_by_name(experiment_name(dataset))
     if experiment is None:
-        return {}
+        return None
     runs = client.search_runs(
         [experiment.experiment_id],
         _parent_query(model, study),
         order_by=["attributes.start_time ASC"],
         max_results=1,
     )
-    return dict(runs[0].data.metrics) if runs else {}
+    return runs[0] if runs else None
+
+
+def logged_metrics(dataset: str, model: str, study: str) -> dict[str, float]:
+    """The metrics of a model's parent run; empty when this store never saw that run."""
+    run = parent_run(dataset, model, study)
+    return dict(run.data.metrics) if run else {}
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:

@@ -39,7 +39,9 @@ def make_objective(
                 raise optuna.TrialPruned(f"{key} {row[key]:.4f} at epoch {epoch}")
 
         try:
-            best_value, best_epoch = fit_trial(lr, weight_decay, report, f"trial {trial.number}")
+            best_value, best_epoch = fit_trial(
+                lr, weight_decay, report, f"{ctx.name} trial {trial.number}"
+            )
         except (optuna.TrialPruned, DivergedError) as stopped:
             reason = str(stopped)
             trial.set_user_attr("pruned_reason", reason)

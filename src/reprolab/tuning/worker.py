@@ -30,7 +30,8 @@ from reprolab.learn.context import ModelContext
 from reprolab.learn.tasks import get_task
 from reprolab.tracking.runs import Tracker, flatten
 from reprolab.tuning import storage as stores
-from reprolab.tuning.identity import study_inputs, study_name
+from reprolab.tuning.identity import study_name
+from reprolab.tuning.labels import label_study
 from reprolab.tuning.objective import make_objective
 from reprolab.tuning.parent import spawned
 from reprolab.tuning.pruners import make_pruner
@@ -120,9 +121,7 @@ def run_worker(
         parent = tracker.parent_run_id(tags)
         seed = sampler_seed(p.seed, ctx.name, index)
         study = open_study(name, seed, tune, storage)
-        if not study.user_attrs:  # what the name's fingerprint covers, for the dashboard
-            for key, value in study_inputs(ctx).items():
-                study.set_user_attr(key, value)
+        label_study(study, ctx)  # for optuna-dashboard: what it is, its objective's name
     tracker.log(
         parent,
         params={

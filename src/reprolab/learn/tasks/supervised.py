@@ -13,6 +13,7 @@ from reprolab.learn.context import ModelContext
 from reprolab.learn.engine import fit, make_optimizer, predict
 from reprolab.learn.loop import EpochCallback
 from reprolab.learn.objectives import OBJECTIVES
+from reprolab.learn.serving import Served
 from reprolab.learn.tasks._base import Task, TrialFit, describe_run
 from reprolab.tracking.models import log_final_model
 from reprolab.tracking.runs import flatten, log_test_metrics
@@ -114,7 +115,7 @@ def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, 
         tags,
         history=history,
         logged=logged,
-        served=model.to("cpu").eval(),
+        served=Served(model.to("cpu"), ctx.arch_spec.input_shape, ctx.task).eval(),
         example=val.x[:4].float().cpu().numpy(),
         about=about,
         weights_md5=weights_md5,
