@@ -45,9 +45,8 @@ def _load(args: argparse.Namespace, model: str | None = None):
 def check(args: argparse.Namespace) -> None:
     """Validate a params file completely, every model's arch options included.
 
-    Prints each model group with the dataset it reads, and warns of a model that dvc.yaml's
-    `artifacts:` does not declare, with the lines to add. A CPU the portable kernels cannot
-    run on is one line, before the checks load numpy."""
+    Prints each model group with its dataset, warns of a model dvc.yaml's `artifacts:` lacks
+    (with the lines to add); a CPU portable kernels cannot run on is one line, before numpy."""
     params = load_params(args.params, before_modules=lambda p: require_cpu_for(p.numerics))
     groups = "; ".join(
         f"{group} on {params.dataset_of(next(iter(models)))}: {', '.join(models)}"
