@@ -5,11 +5,11 @@
 for it, and it computes the approximate instructions (RSQRTPS, RCPPS) exactly. An output that
 matches tests/golden/ natively and under an emulated Intel and AMD CPU depends on no CPU model.
 
-- Always (a few seconds): a CPU without AVX2 gets one line from a stage and `reprolab check`.
-- `make test-cpus` (REPROLAB_TEST_CPUS=1; .ci/run runs it after `make test`): two training
-  steps of every architecture family, and the tiny pipeline's computing stages (baselines, a
-  tune stage, train and evaluate of each model), rerun under an emulated Haswell and EPYC and
-  compared with tests/golden/tiny_outputs.json. About 20 minutes on 2 cores.
+`make test-cpus` (REPROLAB_TEST_CPUS=1; .ci/run runs it after `make test`), about 20 minutes
+on 2 cores: a CPU without AVX2 gets one line from a stage and `reprolab check` (an emulated
+Nehalem); two training steps of every architecture family, and the tiny pipeline's computing
+stages (baselines, a tune stage, train and evaluate of each model), rerun under an emulated
+Haswell and EPYC and compared with tests/golden/tiny_outputs.json.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def workspace(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@full
 def test_a_cpu_without_avx2_gets_one_line_not_an_illegal_instruction(workspace: Path) -> None:
     """An emulated Nehalem (SSE4.2, no AVX): the first stage and `reprolab check` name the
     missing features and the choice; /proc/cpuinfo would show the host's AVX2 here, CPUID
