@@ -37,6 +37,20 @@ class CpuInfo:
     flags: frozenset[str]  # of FLAGS, usable (the OS saves their registers)
     source: str  # "cpuid" (the instruction), "/proc/cpuinfo" or "none"
 
+    @property
+    def name(self) -> str:
+        """ "GenuineIntel Intel Core Processor (Haswell)"; the machine type if unknown."""
+        return " ".join(p for p in (self.vendor, self.model) if p) or platform.machine()
+
+    @property
+    def flag_text(self) -> str:
+        """Its flags in :data:`FLAGS` order, space-separated ("" for none)."""
+        return " ".join(f for f in FLAGS if f in self.flags)
+
+
+def is_x86_64() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
 
 # CPUID leaf -> (register, bit, flag). Leaf 1 ECX and leaf 7 (subleaf 0) EBX/ECX/EDX.
 _CPUID_FLAGS = (
@@ -117,7 +131,7 @@ def read_proc_cpuinfo() -> CpuInfo:
 def cpu_info() -> CpuInfo:
     """This CPU: vendor, model and the flags that pick kernels, from the CPUID instruction (so
     an emulated CPU reports itself), else /proc/cpuinfo (the host's, under an emulator)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not is_x86_64():
         return CpuInfo("", platform.processor() or platform.machine(), frozenset(), "none")
     try:
         return _read_cpuid()

@@ -71,8 +71,6 @@ _NUMPY_TARGETS = tuple(PORTABLE_ENV["NPY_DISABLE_CPU_FEATURES"].split())
 #: OpenBLAS's Haswell kernels and numpy's X86_V3 loops (AVX2 with FMA, F16C, BMI1/2).
 PORTABLE_FEATURES: tuple[str, ...] = ("avx", "avx2", "fma", "f16c", "bmi1", "bmi2")
 
-#: The flags recorded with a run (MLflow tags): the ones that pick kernels, or would.
-RECORDED_FLAGS = cpuid.FLAGS
 
 _TRUE_CAPABILITY = "AVX2"  # what torch.backends.cpu.get_cpu_capability() reports when capped
 
@@ -87,7 +85,7 @@ class PortableUnsupportedError(ReprolabError):
 
 def portable_missing() -> list[str]:
     """What keeps this machine from portable numerics: "x86-64" or the missing features."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not cpuid.is_x86_64():
         return ["x86-64"]
     flags = cpu_info().flags
     return [f for f in PORTABLE_FEATURES if f not in flags]
@@ -98,12 +96,10 @@ def require_portable() -> None:
     missing = portable_missing()
     if not missing:
         return
-    cpu = cpu_info()
-    name = " ".join(p for p in (cpu.vendor, cpu.model) if p) or platform.machine()
     lacks = "is not x86-64" if missing == ["x86-64"] else f"lacks {', '.join(missing)}"
     raise PortableUnsupportedError(
         f"numerics: portable needs an x86-64 CPU with {', '.join(PORTABLE_FEATURES)} (the "
-        f"kernels whose bits match on every such CPU); this one ({name}) {lacks}. "
+        f"kernels whose bits match on every such CPU); this one ({cpu_info().name}) {lacks}. "
         "Set `numerics: native` in params.yaml: results then hold on this kind of CPU only "
         "and will not match the committed dvc.lock"
     )
@@ -146,8 +142,7 @@ def apply(mode: str) -> None:
                 + " ".join(f"{k}={v}" for k, v in PORTABLE_ENV.items())
                 + "."
             )
-    numpy_features = _numpy_features()
-    if any(numpy_features.get(f) for f in _NUMPY_TARGETS):
+    if _numpy_dispatching():
         raise NumericsTooLateError(
             "numerics mode 'portable' requested but numpy is already imported with its "
             "AVX2/AVX-512 loops enabled; call numerics.apply('portable') before anything imports "
@@ -184,15 +179,16 @@ def machine_supports_portable() -> bool:
     return not portable_missing()
 
 
-def _numpy_features() -> dict[str, bool]:
-    """numpy's detected-and-enabled CPU features, if numpy is loaded (a disabled one is False)."""
+def _numpy_dispatching() -> bool:
+    """True if numpy is loaded with any of its dispatched SIMD targets (AVX2, AVX-512)
+    enabled: the cap was not in force when it loaded."""
     if "numpy" not in sys.modules:
-        return {}
+        return False
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:  # another numpy layout: nothing to check
-        return {}
-    return dict(__cpu_features__)
+        return False
+    return any(__cpu_features__.get(f) for f in _NUMPY_TARGETS)
 
 
 def provenance_cpu(mode: str) -> str:
@@ -204,9 +200,7 @@ def provenance_cpu(mode: str) -> str:
     if mode == "portable":
         return f"any x86-64 with {' '.join(PORTABLE_FEATURES)} (portable)"
     cpu = cpu_info()
-    flags = " ".join(f for f in RECORDED_FLAGS if f in cpu.flags)
-    name = " ".join(p for p in (cpu.vendor, cpu.model) if p) or platform.machine()
-    return f"{name} ({flags or 'no recorded flags'}; native)"
+    return f"{cpu.name} ({cpu.flag_text or 'no recorded flags'}; native)"
 
 
 def describe(mode: str) -> dict[str, str]:
@@ -224,8 +218,7 @@ def describe(mode: str) -> dict[str, str]:
     cap = torch.backends.cpu.get_cpu_capability()
     supported = machine_supports_portable()
     caps_in_force = all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items())
-    npy = _numpy_features()
-    numpy_capped = not any(npy.get(f) for f in _NUMPY_TARGETS)
+    numpy_capped = not _numpy_dispatching()
     cpu = cpu_info()
     out = {
         "numerics.mode": mode,
@@ -236,7 +229,7 @@ def describe(mode: str) -> dict[str, str]:
         "numerics.machine_supports_portable": str(supported).lower(),
         "numerics.cpu_vendor": cpu.vendor,
         "numerics.cpu_model": cpu.model,
-        "numerics.cpu_flags": " ".join(f for f in RECORDED_FLAGS if f in cpu.flags),
+        "numerics.cpu_flags": cpu.flag_text,
         "numerics.cpu_read_from": cpu.source,
         "numerics.numpy_simd_dispatch": str(not numpy_capped).lower(),
         "numerics.portable_ok": str(
