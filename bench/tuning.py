@@ -116,7 +116,7 @@ def run_study(ctx: ModelContext, db: Path) -> list[dict]:
     seed = sampler_seed(ctx.params.seed, ctx.name)
     study = open_study(ctx.name, seed, tune, storage)
     claim = lambda: file_lock(f"{db}.lock")  # noqa: E731
-    run_budget(study, storage, claim, seed, tune, objective, in_order=True)
+    run_budget(study, storage, claim, seed, tune, objective)
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         values = t.intermediate_values

@@ -1,11 +1,13 @@
 """The search itself, in-process with a real Optuna storage and a fast stand-in objective:
-per-model candidates, the exact budget, and every pruner surviving a kill."""
+per-model candidates, the exact budget, every pruner surviving a kill, and the same trials
+with any number of workers (forked processes on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import math
 import multiprocessing
 import os
+import random
 import socket
 import time
 from pathlib import Path
@@ -20,26 +22,31 @@ from optuna.trial import TrialState
 from reprolab.core.io import file_lock
 from reprolab.core.schema import TuneParams
 from reprolab.learn.tensors import TensorData, subsample
+from reprolab.tuning.batches import slot_of
+from reprolab.tuning.storage import study_lock
 from reprolab.tuning.worker import open_study, run_budget, sampler_seed
 
 EPOCHS = 4
 
 
-def storage_at(path: Path) -> RDBStorage:
+def storage_at(url: str) -> RDBStorage:
     return RDBStorage(
-        f"sqlite:///{path}",
+        url,
         heartbeat_interval=1,
         grace_period=2,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
 
 
-def objective(die_in_trial: int | None = None, local: bool = True):
+def objective(die_in_trial: int | None = None, local: bool = True, jitter: float = 0.0):
     """A smooth loss over (lr, weight decay) that improves per epoch, reported like the real
     objective; with ``die_in_trial``, the process dies (no cleanup) in that trial's epoch 2.
     ``local=False``: the trial says it runs on another machine, whose processes this one
-    cannot check (run_budget names each trial's worker, host:pid, before it runs)."""
+    cannot check (run_budget names each trial's worker, host:pid, before it runs).
+    ``jitter``: each epoch sleeps up to that many seconds, unseeded, so that parallel
+    workers finish their trials in a different order every run."""
     started = []
+    timing = random.Random(os.getpid() ^ time.perf_counter_ns())
 
     def run(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
@@ -52,6 +59,7 @@ def objective(die_in_trial: int | None = None, local: bool = True):
         for epoch in range(1, EPOCHS + 1):
             value = (math.log10(lr) + 2.5) ** 2 + (math.log10(wd) + 4) ** 2 / 10 + 1 / epoch
             trial.report(value, epoch)
+            time.sleep(timing.random() * jitter)
             if die_in_trial is not None and len(started) == die_in_trial + 1 and epoch == 2:
                 os._exit(9)  # a SIGKILL: no tell, no cleanup, the trial stays RUNNING
             if trial.should_prune():
@@ -61,36 +69,45 @@ def objective(die_in_trial: int | None = None, local: bool = True):
     return run
 
 
-def tune(kind: str = "median", n_trials: int = 8, startup: int = 3) -> TuneParams:
+def tune(kind: str = "median", n_trials: int = 8, startup: int = 3, batch: int = 1) -> TuneParams:
     return TuneParams(
         n_trials=n_trials,
         epochs=EPOCHS,
+        batch=batch,
         sampler_startup_trials=startup,
         pruner={"kind": kind, "n_startup_trials": 2, "n_warmup_steps": 1, "reduction_factor": 2},
     )
 
 
 def search(
-    db: Path, model: str, params: TuneParams, die_in_trial: int | None = None, local: bool = True
+    db: Path | str,
+    model: str,
+    params: TuneParams,
+    die_in_trial: int | None = None,
+    local: bool = True,
+    jitter: float = 0.0,
+    name: str | None = None,
 ) -> int:
-    """The study's only worker (in order), as the tune stage with ``tune.workers: 1``."""
-    storage = storage_at(db)
+    """One worker of the study (the tune stage's, or a `reprolab tune-worker`): ``db`` an
+    SQLite file or an RDB URL; the study ``name`` (default study-<model>)."""
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
+    storage = storage_at(url)
     seed = sampler_seed(42, model)
-    study = open_study(f"study-{model}", seed, params, storage)
-    claim = lambda: file_lock(db.with_suffix(".lock"))  # noqa: E731
-    return run_budget(
-        study, storage, claim, seed, params, objective(die_in_trial, local), in_order=True
-    )
+    study = open_study(name or f"study-{model}", seed, params, storage)
+    claim = study_lock(storage, study.study_name)
+    return run_budget(study, storage, claim, seed, params, objective(die_in_trial, local, jitter))
 
 
-def finished(db: Path, model: str) -> list[tuple]:
+def finished(db: Path | str, model: str, name: str | None = None) -> list[tuple]:
     """(lr, weight decay, state, epochs reached, last value) of each finished trial, in
-    order: what the study's outputs are made of."""
-    study = optuna.load_study(study_name=f"study-{model}", storage=f"sqlite:///{db}")
+    order of their slots: what the study's outputs are made of."""
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
+    study = optuna.load_study(study_name=name or f"study-{model}", storage=url)
     trials = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert sorted(map(slot_of, trials)) == list(range(len(trials)))  # each slot once
     return [
         (t.params["lr"], t.params["weight_decay"], t.state, t.last_step, t.intermediate_values)
-        for t in sorted(trials, key=lambda t: t.number)
+        for t in sorted(trials, key=slot_of)
     ]
 
 
@@ -142,7 +159,10 @@ def test_every_pruner_resumes_a_killed_study_as_if_never_killed(
     started = time.monotonic()
     search(killed, "mlp", params, local=local)
     waited = time.monotonic() - started
-    assert waited < 2 if local else waited >= 3, waited
+    (failed,) = study.get_trials(states=(TrialState.FAIL,))
+    # Another machine's worker is failed only once its heartbeat is stale (the grace period).
+    stale = (failed.datetime_complete - failed.datetime_start).total_seconds()
+    assert waited < 2 if local else stale >= 2, (waited, stale)
     assert finished(killed, "mlp") == whole
 
 
@@ -154,7 +174,7 @@ def test_a_retried_trial_is_never_taken_for_its_dead_workers(tmp_path: Path) -> 
     from reprolab.tuning.storage import fail_dead_trials
 
     db, params = tmp_path / "s.db", tune(n_trials=2)
-    storage, seed = storage_at(db), sampler_seed(42, "mlp")
+    storage, seed = storage_at(f"sqlite:///{db}"), sampler_seed(42, "mlp")
     study = open_study("study-mlp", seed, params, storage)
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -175,6 +195,104 @@ def test_a_retried_trial_is_never_taken_for_its_dead_workers(tmp_path: Path) -> 
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 2
     assert states.count(TrialState.FAIL) == 1  # the dead worker's, retried once
+
+
+# (workers from the start, a worker joining once this many trials finished, the trial in
+# which the first worker dies): every way of running the study must give the same trials.
+WAYS = [(2, None, None), (4, None, None), (1, 3, None), (2, None, 1)]
+
+
+def parallel(url: str, params: TuneParams, way: tuple, name: str = "study-mlp") -> set[str]:
+    """Run the study ``name`` with forked workers as ``way`` says; return who ran trials."""
+    workers, join_after, die = way
+    # The tables first (the stage's workers take a lock for that: storage._schema_lock).
+    open_study(name, sampler_seed(42, "mlp"), params, storage_at(url))
+    fork = multiprocessing.get_context("fork")
+    procs = [
+        fork.Process(
+            target=search,
+            args=(url, "mlp", params),
+            kwargs={"jitter": 0.03, "name": name, "die_in_trial": die if i == 0 else None},
+        )
+        for i in range(workers + (join_after is not None))
+    ]
+    for process in procs[:workers]:
+        process.start()
+    if join_after is not None:
+        deadline = time.monotonic() + 60
+        while len(finished_so_far(url, name)) < join_after and time.monotonic() < deadline:
+            time.sleep(0.05)
+        procs[-1].start()
+    for i, process in enumerate(procs):
+        process.join(120)
+        assert process.exitcode == (9 if i == 0 and die is not None else 0), way
+    return {t.user_attrs["worker"] for t in finished_so_far(url, name)}
+
+
+def finished_so_far(url: str, name: str) -> list:
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:  # not created yet
+        return []
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def check_any_number_of_workers(
+    url_of, params: TuneParams, tmp_path: Path, ways: list[tuple] = WAYS
+) -> None:
+    """The trials of ``way``s of running one study (each in a database of its own: the same
+    study name, as every checkout computes it) equal those of a single worker's run."""
+    search(tmp_path / "one.db", "mlp", params)
+    one = finished(tmp_path / "one.db", "mlp")
+    states = [state for _, _, state, *_ in one]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    for way in ways:
+        url = url_of("w" + "_".join(map(str, way)).lower())
+        ran = parallel(url, params, way)
+        assert len(ran) >= 2 or way[2] is not None, f"{way}: one worker ran every trial"
+        assert finished(url, "mlp") == one, way
+        if way[2] is None:  # and numbered alike (a killed trial's retry gets a new number)
+            study = optuna.load_study(study_name="study-mlp", storage=url)
+            assert [slot_of(t) for t in sorted(study.trials, key=lambda t: t.number)] == list(
+                range(params.n_trials)
+            )
+
+
+@pytest.mark.parametrize("kind, ways", [("median", WAYS), ("successive_halving", WAYS[1::2])])
+def test_the_trials_are_the_same_with_any_number_of_workers(
+    kind: str, ways: list[tuple], tmp_path: Path
+) -> None:
+    """Batches of 3: 2 random trials, then TPE; pruning from the second batch on."""
+    params = tune(kind, n_trials=8, startup=2, batch=3)
+    url_of = lambda name: f"sqlite:///{tmp_path / name}.db"  # noqa: E731
+    check_any_number_of_workers(url_of, params, tmp_path, ways)
+
+
+def test_the_trials_on_postgresql_equal_a_single_sqlite_workers(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    import sqlalchemy
+
+    def database(name: str) -> str:
+        engine = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        engine.dispose()
+        return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+    params = tune("hyperband", n_trials=12, startup=2, batch=3)
+    check_any_number_of_workers(database, params, tmp_path, WAYS[:3:2])
+
+
+def test_the_batch_size_is_what_changes_the_trials(tmp_path: Path) -> None:
+    """Not the worker count, but tune.batch: batch 4 draws its TPE trials from fewer
+    finished ones than batch 1 (sequential TPE) does."""
+    runs = {}
+    for batch in (1, 4):
+        search(tmp_path / f"b{batch}.db", "mlp", tune(n_trials=8, startup=2, batch=batch))
+        runs[batch] = finished(tmp_path / f"b{batch}.db", "mlp")
+    assert runs[1][:2] == runs[4][:2]  # the random startup trials: seeded by their slots
+    assert runs[1][2:] != runs[4][2:]
 
 
 def test_trial_subsample_is_stratified_seeded_and_ordered() -> None:

@@ -12,13 +12,31 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import clean_env, run, set_params
+from conftest import clean_env, copy_repo, md5s, run, set_params
 
 from reprolab.core.io import file_lock
 
 pytestmark = pytest.mark.slow
 
 N_TRIALS = 6
+# Parallel studies: two batches of 3 trials, whatever the workers.
+PARALLEL = {"n_trials": N_TRIALS, "epochs": 6, "batch": 3}
+OUTPUTS = ["models/mlp/best_params.json", "plots/trials/mlp.tsv"]
+
+
+@pytest.fixture
+def split_repo(tiny_pipeline: dict, tmp_path: Path) -> Path:
+    """A copy of the tiny pipeline's workspace: split, tuned, trained (its studies too)."""
+    return copy_repo(tiny_pipeline["repo"], tmp_path / "repo")
+
+
+@pytest.fixture(scope="module")
+def one_worker(tiny_pipeline: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """best_params.json and the trials table of the PARALLEL study run by one worker."""
+    repo = copy_repo(tiny_pipeline["repo"], tmp_path_factory.mktemp("one-worker") / "repo")
+    set_params(repo, {"tune": {**PARALLEL, "workers": 1}})
+    run(["dvc", "repro", "tune@mlp"], repo)
+    return md5s(repo, OUTPUTS)
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -68,27 +86,34 @@ def kill_tune_after(repo: Path, storage: str, trials: int, log: Path) -> optuna.
             proc.wait()
 
 
-def test_sigkilled_tune_resumes_its_study_to_exactly_n_trials(tiny_repo: Path) -> None:
+def test_sigkilled_tune_resumes_its_study_to_exactly_n_trials(
+    split_repo: Path, one_worker: dict
+) -> None:
     """Two workers (tune.workers: 2) on the SQLite study, killed mid-study: the next repro
-    finishes it with exactly n_trials, retrying the killed trials; no "database is locked"."""
-    set_params(tiny_repo, {"tune": {"n_trials": N_TRIALS, "epochs": 8, "workers": 2}})
-    run(["dvc", "repro", "split"], tiny_repo)
-    storage = f"sqlite:///{tiny_repo / '.optuna' / 'studies.db'}"
-    log = tiny_repo.parent / "killed-tune.log"
-    study = kill_tune_after(tiny_repo, storage, 2, log)
+    finishes it with exactly n_trials, retrying the killed trials; no "database is locked";
+    and its outputs are one worker's, byte for byte."""
+    repo = split_repo
+    set_params(repo, {"tune": {**PARALLEL, "workers": 2}})
+    storage = f"sqlite:///{repo / '.optuna' / 'studies.db'}"
+    studies = len(optuna.get_all_study_summaries(storage))
+    log = repo.parent / "killed-tune.log"
+    study = kill_tune_after(repo, storage, 2, log)
     before = len(finished(study))
     assert before < N_TRIALS, "the kill came too late to test a resume"
-    assert not (tiny_repo / "models/mlp/best_params.json").exists()
+    assert (
+        json.loads((repo / "models/mlp/best_params.json").read_text())["study"] != study.study_name
+    )
 
-    result = run(["dvc", "repro", "tune@mlp"], tiny_repo)  # the dead workers' trials: retried
+    result = run(["dvc", "repro", "tune@mlp"], repo)  # the dead workers' trials: retried
     assert "database is locked" not in log.read_text() + result.stdout + result.stderr
 
-    study = check_exact_parallel_study(tiny_repo, storage, N_TRIALS)
+    study = check_exact_parallel_study(repo, storage, N_TRIALS)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.FAIL) <= 2  # the trials running at the kill
     retried = [t for t in study.trials if "failed_trial" in t.system_attrs]
     assert len(retried) == states.count(optuna.trial.TrialState.FAIL)  # each rerun, same params
-    assert len(optuna.get_all_study_summaries(storage)) == 1  # resumed, not restarted
+    assert len(optuna.get_all_study_summaries(storage)) == studies + 1  # resumed, not restarted
+    assert md5s(repo, OUTPUTS) == one_worker
 
 
 def study_of(repo: Path, storage: str) -> optuna.Study:
@@ -132,15 +157,15 @@ def check_exact_parallel_study(repo: Path, storage: str, n_trials: int) -> optun
 
 
 def test_stage_workers_and_a_cli_worker_share_one_postgres_study(
-    tiny_repo: Path, postgres_url: str
+    split_repo: Path, postgres_url: str, one_worker: dict
 ) -> None:
-    """tune.workers: 2 plus one `reprolab tune-worker` on the same PostgreSQL study."""
-    n_trials = 6
-    set_params(tiny_repo, {"tune": {"n_trials": n_trials, "epochs": 1, "workers": 2}})
-    run(["dvc", "repro", "split"], tiny_repo)
+    """tune.workers: 2 plus one `reprolab tune-worker` on the same PostgreSQL study: the
+    outputs of one worker on SQLite, byte for byte."""
+    tiny_repo, n_trials = split_repo, N_TRIALS
+    set_params(tiny_repo, {"tune": {**PARALLEL, "workers": 2}})
     env = clean_env(REPROLAB_OPTUNA_STORAGE=postgres_url, PYTHONPATH="src")
     cli = subprocess.Popen(
-        [sys.executable, "-m", "reprolab.cli", "tune-worker", "mlp", "--index", "7"],
+        [sys.executable, "-m", "reprolab.cli", "tune-worker", "mlp"],
         cwd=tiny_repo,
         env=env,
         stdout=subprocess.PIPE,
@@ -153,18 +178,17 @@ def test_stage_workers_and_a_cli_worker_share_one_postgres_study(
     study = check_exact_parallel_study(tiny_repo, postgres_url, n_trials)
     assert f"study {study.study_name}" in out  # the CLI worker joined the stage's study
     assert "database is locked" not in stage.stderr + err
+    assert md5s(tiny_repo, OUTPUTS) == one_worker
 
 
 def test_a_resumed_study_writes_what_an_uninterrupted_one_writes(
-    tiny_repo: Path, tmp_path: Path
+    split_repo: Path, tmp_path: Path
 ) -> None:
     """One worker, killed mid-study and resumed: best_params.json and the trials table are
     byte-identical to those of a study that ran straight through (per-trial sampler seeds,
     the killed trial retried with its own params, trials numbered by their place)."""
-    from conftest import copy_repo, md5s
-
+    tiny_repo = split_repo
     set_params(tiny_repo, {"tune": {"n_trials": 4, "epochs": 6, "workers": 1}})
-    run(["dvc", "repro", "split"], tiny_repo)
     straight = copy_repo(tiny_repo, tmp_path / "straight")
     run(["dvc", "repro", "tune@mlp"], straight)
     storage = f"sqlite:///{tiny_repo / '.optuna' / 'studies.db'}"
@@ -176,9 +200,7 @@ def test_a_resumed_study_writes_what_an_uninterrupted_one_writes(
         storage=storage,
     )
     assert len(study.trials) > 4, "the kill came too late: no trial was retried"
-    outputs = ["models/mlp/best_params.json", "plots/trials/mlp.tsv"]
-    resumed = {p: md5s(tiny_repo, [p]) for p in outputs}
-    assert resumed == {p: md5s(straight, [p]) for p in outputs}
+    assert md5s(tiny_repo, OUTPUTS) == md5s(straight, OUTPUTS)
 
 
 ORPHAN_SCRIPT = """

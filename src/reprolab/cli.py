@@ -174,10 +174,10 @@ def tune_worker(args: argparse.Namespace) -> None:
     """Run trials of a model's Optuna study until tune.n_trials of them have finished.
 
     Start more workers, in more processes or on machines sharing tune.storage (an RDB URL
-    such as postgresql://...), to tune one study in parallel; a model's budget.n_trials
-    overrides tune.n_trials. Run `dvc repro split@image` (split@tabular for a regressor) first."""
-    import os
-
+    such as postgresql://...), at any moment, to tune one study in parallel: the study's trials
+    are the same with any number of workers (tune.batch trials run side by side); a model's
+    budget.n_trials overrides tune.n_trials. Run `dvc repro split@image` (split@tabular for a
+    regressor) first."""
     params = _load(args, args.model)
     # After _load: torch loads with the numerics mode's CPU kernel caps in place.
     from reprolab.tracking.runs import stage_tags
@@ -187,12 +187,10 @@ def tune_worker(args: argparse.Namespace) -> None:
 
     ctx = model_context(params, args.model)
     tags = stage_tags(ctx.device.type, params, ctx.data_files(("train", "val")))
-    # The index offsets the sampler seed: distinct per process unless given.
-    index = os.getpid() if args.index is None else args.index
     name = study_name(ctx)
     url = storage_url(ctx.tune.storage)
     print(f"tune-worker {args.model}: study {name} in {url.split('@')[-1]}", flush=True)
-    ran = run_worker(ctx, tags, index)
+    ran = run_worker(ctx, tags)
     print(f"tune-worker {args.model}: ran {ran} trial(s); the study has its {ctx.tune.n_trials}")
 
 
@@ -262,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "tune-worker", tune_worker)
     p.add_argument("model", help="a model of classifiers:, regressors: or generators:")
     p.add_argument("--params", default="params.yaml", help=params_help)
-    p.add_argument("--index", type=int, help="offset of the sampler seed (default: the process id)")
     p = _command(sub, "predict", predict)
     p.add_argument(
         "--model",

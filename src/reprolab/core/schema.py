@@ -75,10 +75,10 @@ class TuneParams(_Strict):
     # Low-fidelity trials: each trial trains on at most this many train rows (a seeded
     # subsample, stratified by class for classifiers; validation stays whole). None: all.
     train_rows: PositiveInt | None = None
-    # Processes the tune stage runs the study with (`reprolab tune-worker` adds others).
-    workers: PositiveInt = 1
-    # Optuna RDB URL (e.g. postgresql://host/db); REPROLAB_OPTUNA_STORAGE overrides it.
-    # None: SQLite under the workspace root.
+    # Trials per batch: a trial sees only earlier batches, so workers never change results.
+    batch: PositiveInt = 1
+    workers: PositiveInt = 1  # the tune stage's processes (`reprolab tune-worker` adds more)
+    # Optuna RDB URL; REPROLAB_OPTUNA_STORAGE overrides it; None: SQLite in the workspace.
     storage: str | None = None
 
     @field_validator("storage")

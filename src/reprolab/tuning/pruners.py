@@ -1,57 +1,45 @@
-"""The pruners of ``tune.pruner.kind``, made to prune a resumed study as an uninterrupted one.
+"""The pruners of ``tune.pruner.kind``, made to decide by a trial's slot, never by timing.
 
-median: Optuna's MedianPruner (it reads complete trials only). successive_halving and
-hyperband, multi-fidelity over 1..``tune.epochs``: Optuna's pruners, except for what a killed
-trial leaves behind. Optuna's successive halving counts every trial's rung values, a failed
-(killed) trial's too, so its retry would meet one competitor more than in an uninterrupted
-study; and Hyperband assigns brackets by trial number, which the retry of a killed trial (and
-every trial after it) gets anew. Here failed trials are left out, and a trial's bracket goes
-by its place in the budget: its number less the failed trials before it.
+median: Optuna's MedianPruner. successive_halving and hyperband, multi-fidelity over
+1..``tune.epochs``: Optuna's pruners. Each compares a trial only with the finished trials of
+earlier batches (tuning/batches.py), so a trial's fate does not depend on which trials of its
+own batch happened to finish first, on how many workers ran, or on a killed trial's retry
+(a failed trial is no competitor). Hyperband assigns a trial's bracket by its slot, not by its
+Optuna number, which the retry of a killed trial (and every trial after it) gets anew.
 """
 
 from __future__ import annotations
 
 import binascii
-from collections.abc import Container
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from reprolab.core.schema import TuneParams
+from reprolab.tuning.batches import EarlierBatches, pruner_view, slot_of
 
 
-class _WithoutFailed:
-    """A study as a pruner sees it, without its failed trials."""
+class BatchPruner(optuna.pruners.BasePruner):
+    """``inner`` deciding on what the trial's batch may see."""
 
-    def __init__(self, study: optuna.Study) -> None:
-        self._inner = study
+    def __init__(self, inner: optuna.pruners.BasePruner, batch: int) -> None:
+        self.inner, self.batch = inner, batch
 
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
-
-    def get_trials(
-        self, deepcopy: bool = True, states: Container[TrialState] | None = None
-    ) -> list[FrozenTrial]:
-        trials = self._inner.get_trials(deepcopy=deepcopy, states=states)
-        return [t for t in trials if t.state != TrialState.FAIL]
-
-
-class ResumableSuccessiveHalving(optuna.pruners.SuccessiveHalvingPruner):
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        return super().prune(_WithoutFailed(study), trial)
+        return self.inner.prune(pruner_view(study, trial, self.batch), trial)
 
 
-class ResumableHyperband(optuna.pruners.HyperbandPruner):
+class SlotHyperband(optuna.pruners.HyperbandPruner):
     def _create_bracket_study(self, study: optuna.Study, bracket_id: int) -> optuna.Study:
-        return _WithoutFailed(super()._create_bracket_study(study, bracket_id))
+        if isinstance(study, EarlierBatches):  # a bracket of the view is the view of a bracket
+            return study.like(super()._create_bracket_study(study.inner, bracket_id))
+        return super()._create_bracket_study(study, bracket_id)
 
     def _get_bracket_id(self, study: optuna.Study, trial: FrozenTrial) -> int:
         if len(self._pruners) == 0:
             return 0
-        failed = study._storage.get_all_trials(
-            study._study_id, deepcopy=False, states=(TrialState.FAIL,)
-        )
-        place = trial.number - sum(t.number < trial.number for t in failed)
+        place = slot_of(trial)
+        place = trial.number if place is None else place
         n = binascii.crc32(f"{study.study_name}_{place}".encode())
         n %= self._total_trial_allocation_budget
         for bracket_id, budget in enumerate(self._trial_allocation_budgets):
@@ -66,17 +54,19 @@ def make_pruner(tune: TuneParams) -> optuna.pruners.BasePruner:
     same epoch), or multi-fidelity: successive_halving / hyperband over 1..tune.epochs."""
     pruner = tune.pruner
     if pruner.kind == "hyperband":
-        return ResumableHyperband(
+        inner: optuna.pruners.BasePruner = SlotHyperband(
             min_resource=pruner.min_epochs,
             max_resource=tune.epochs,
             reduction_factor=pruner.reduction_factor,
         )
-    if pruner.kind == "successive_halving":
-        return ResumableSuccessiveHalving(
+    elif pruner.kind == "successive_halving":
+        inner = optuna.pruners.SuccessiveHalvingPruner(
             min_resource=pruner.min_epochs,
             reduction_factor=pruner.reduction_factor,
             min_early_stopping_rate=0,
         )
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_steps
-    )
+    else:
+        inner = optuna.pruners.MedianPruner(
+            n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_steps
+        )
+    return BatchPruner(inner, tune.batch)

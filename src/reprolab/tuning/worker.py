@@ -1,11 +1,12 @@
 """Optuna tuning of learning rate and weight decay on the validation split.
 
-Storage and locks, study name, objective and pruners have their own modules. The ``tune``
-stage runs ``tune.workers`` workers; ``reprolab tune-worker`` adds more. Finished trials count
-toward ``n_trials`` across resumes and workers: a worker asks for a trial only under the
-study's lock, while running + finished trials are fewer (MaxTrialsCallback overshoots). A
-dead worker's trial is failed (at once on this machine, else by the heartbeat check) and
-retried with the same params; workers wait for running trials, so the budget is exact.
+Storage and locks, study name, batches, objective and pruners have their own modules. The
+``tune`` stage runs ``tune.workers`` workers; ``reprolab tune-worker`` adds more. The budget
+is ``n_trials`` slots, each claimed under the study's lock and finished once, across resumes
+and workers (MaxTrialsCallback overshoots). Slots go in batches of ``tune.batch`` whose
+trials see only earlier batches, so the study's trials are the same with any number of
+workers (tuning/batches.py). A dead worker's trial is failed (at once on this machine, else
+by the heartbeat check) and retried in its slot with the same params.
 """
 
 from __future__ import annotations
@@ -29,15 +30,17 @@ from reprolab.core.schema import Params, TuneParams
 from reprolab.learn.context import ModelContext
 from reprolab.learn.tasks import get_task
 from reprolab.tracking.runs import Tracker, flatten
+from reprolab.tuning import batches
 from reprolab.tuning import storage as stores
 from reprolab.tuning.identity import study_name
 from reprolab.tuning.labels import label_study
 from reprolab.tuning.objective import make_objective
 from reprolab.tuning.parent import spawned
 from reprolab.tuning.pruners import make_pruner
-from reprolab.tuning.storage import HEARTBEAT_S, heartbeat, open_storage, storage_url, study_lock
+from reprolab.tuning.storage import heartbeat, open_storage, storage_url, study_lock
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED = batches.FINISHED
+POLL_S = 0.2  # how often a waiting worker asks again for a slot
 log = logging.getLogger(__name__)
 
 
@@ -48,21 +51,11 @@ class TuneResult:
     trials: list[dict]
 
 
-def sampler_seed(seed: int, model: str, index: int = 0) -> int:
-    """The seed of one model's sampler: from ``seed`` and the model's name, so each model's
-    study draws its own candidates (reproducibly); ``index`` apart for parallel workers."""
+def sampler_seed(seed: int, model: str) -> int:
+    """The seed of one model's study: from ``seed`` and the model's name, so each model's
+    study draws its own candidates (reproducibly). Slot k's sampler is seeded with it + k."""
     digest = hashlib.sha256(f"{seed}:{model}".encode()).digest()
-    return (int.from_bytes(digest[:4], "big") + index) % 2**32
-
-
-def trial_sampler(seed: int, claimed: int, tune: TuneParams) -> optuna.samplers.TPESampler:
-    """The sampler of the next trial: TPE keeps no state but its random generator (it reads
-    the history from the storage), so seeding it from the study's seed and the number of
-    trials already claimed makes a killed and resumed study draw what an uninterrupted one
-    draws (a killed trial is retried with its own params first)."""
-    return optuna.samplers.TPESampler(
-        seed=(seed + claimed) % 2**32, n_startup_trials=tune.sampler_startup_trials
-    )
+    return int.from_bytes(digest[:4], "big")
 
 
 def open_study(name: str, seed: int, tune: TuneParams, storage: RDBStorage) -> optuna.Study:
@@ -71,7 +64,7 @@ def open_study(name: str, seed: int, tune: TuneParams, storage: RDBStorage) -> o
         storage=storage,
         direction="minimize",
         load_if_exists=True,
-        sampler=trial_sampler(seed, 0, tune),
+        sampler=batches.trial_sampler(seed, 0, tune),
         pruner=make_pruner(tune),
     )
 
@@ -104,13 +97,10 @@ def run_trial(
     study.tell(trial, value)
 
 
-def run_worker(
-    ctx: ModelContext, tags: dict[str, str], index: int = 0, in_order: bool = False
-) -> int:
+def run_worker(ctx: ModelContext, tags: dict[str, str]) -> int:
     """Run trials of the model's study until ``tune.n_trials`` have finished, by this worker
-    or any other; return how many this one ran. ``index`` offsets the sampler's seed, so
-    workers started together do not draw the same random startup params. ``in_order``: the
-    study's only worker (run_budget)."""
+    or any other; return how many this one ran. Every worker computes the same trials
+    (tuning/batches.py): which worker runs a slot changes nothing."""
     p, tune = ctx.params, ctx.tune
     name = study_name(ctx)
     tracker = Tracker(ctx.dataset, ctx.name, name)
@@ -119,7 +109,7 @@ def run_worker(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with claim():  # one parent run and one study, however many workers start at once
         parent = tracker.parent_run_id(tags)
-        seed = sampler_seed(p.seed, ctx.name, index)
+        seed = sampler_seed(p.seed, ctx.name)
         study = open_study(name, seed, tune, storage)
         label_study(study, ctx)  # for optuna-dashboard: what it is, its objective's name
     tracker.log(
@@ -132,7 +122,7 @@ def run_worker(
         },
     )
     objective = make_objective(ctx, tracker, parent, tags)
-    return run_budget(study, storage, claim, seed, tune, objective, in_order)
+    return run_budget(study, storage, claim, seed, tune, objective)
 
 
 def run_budget(
@@ -142,51 +132,39 @@ def run_budget(
     seed: int,
     tune: TuneParams,
     objective: Callable[[optuna.Trial], float],
-    in_order: bool = False,
 ) -> int:
-    """Ask and run trials of ``study`` until ``tune.n_trials`` have finished, by this worker or
-    any other sharing ``claim``; return how many this one ran.
-
-    ``in_order`` (the study's only worker: the tune stage with ``tune.workers: 1``): a RUNNING
-    trial met at the start is a killed worker's, whose retry must run before any new trial
-    for the study to go on as an uninterrupted one would: wait until it is stale (the grace
-    period, plus SQLite's one-second clock). Joining workers start at once."""
-    with claim():
-        stores.fail_dead_trials(study)  # a killed worker of this machine: retried at once
-    running = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
-    if in_order and running:
-        interval = storage.heartbeat_interval or HEARTBEAT_S
-        time.sleep((storage.grace_period or 2 * interval) + 1)
+    """Claim and run slots of ``study`` until all ``tune.n_trials`` have finished, by this
+    worker or any other sharing ``claim``; return how many this one ran. A slot is claimed
+    only once the batches before it have finished (batches.next_slot): until then, and while
+    every open slot is running, the worker waits. A killed trial (this machine's, at once;
+    another's, once its heartbeat is stale) is retried in its own slot with its own params."""
     ran = 0
     while True:
         with claim():
             stores.fail_dead_trials(study)
             optuna.storages.fail_stale_trials(study)
-            states = [t.state for t in study.get_trials(deepcopy=False)]
-            finished = sum(s in FINISHED for s in states)
-            claimed = finished + states.count(TrialState.RUNNING)
-            if finished >= tune.n_trials:
+            slot = batches.next_slot(study.get_trials(deepcopy=False), tune.n_trials, tune.batch)
+            if slot == batches.DONE:
                 return ran
-            if claimed < tune.n_trials:
-                study.sampler = trial_sampler(seed, claimed, tune)
+            if slot is not None:
+                study.sampler = batches.trial_sampler(seed, slot, tune)
                 trial = study.ask()
-            else:
-                trial = None
-            if trial is not None:
+                if batches.SLOT not in trial.user_attrs:  # a retry keeps its slot
+                    trial.set_user_attr(batches.SLOT, slot)
                 # A first heartbeat (a trial without one is never found stale), and this
                 # worker's name before the lock is let go: a retry inherits its dead worker's.
                 storage.record_heartbeat(trial._trial_id)
                 trial.set_user_attr("worker", stores.worker_id())
-        if trial is None:
-            time.sleep(storage.heartbeat_interval or HEARTBEAT_S)  # in case one's worker dies
+        if slot is None:
+            time.sleep(POLL_S)
             continue
         run_trial(study, storage, trial, objective)
         ran += 1
 
 
-def spawned_worker(params: Params, model: str, tags: dict[str, str], index: int) -> None:
+def spawned_worker(params: Params, model: str, tags: dict[str, str]) -> None:
     """A spawned worker's body (parent.spawned tied it to its stage first)."""
-    run_worker(model_context(params, model), tags, index)
+    run_worker(model_context(params, model), tags)
 
 
 def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
@@ -201,19 +179,28 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
             tune.n_trials,
             tune.sampler_startup_trials,
         )
+    if tune.workers > tune.batch:
+        log.warning(
+            "warning: %s: tune.workers (%d) > tune.batch (%d): a batch's trials are all a "
+            "batch can run at once, so %d worker(s) will wait; raise tune.batch",
+            ctx.name,
+            tune.workers,
+            tune.batch,
+            tune.workers - tune.batch,
+        )
     spawn = multiprocessing.get_context("spawn")
     helpers = [
         spawn.Process(
             target=spawned,
-            args=(os.getpid(), f"{__name__}:spawned_worker", pickle.dumps((p, ctx.name, tags, i))),
+            args=(os.getpid(), f"{__name__}:spawned_worker", pickle.dumps((p, ctx.name, tags))),
             daemon=True,
         )
-        for i in range(1, tune.workers)
+        for _ in range(1, tune.workers)
     ]
     for process in helpers:
         process.start()
     try:
-        run_worker(ctx, tags, index=0, in_order=tune.workers == 1)
+        run_worker(ctx, tags)
         for process in helpers:
             process.join()
     finally:
@@ -235,7 +222,8 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
             f"study {name}: all {tune.n_trials} trials were pruned; widen tune.lr or raise "
             "tune.pruner.n_warmup_steps"
         )
-    best = study.best_trial
+    # The least value, ties to the lower slot (Optuna's best_trial breaks ties by number).
+    best = min(complete, key=lambda t: (t.value, batches.slot_of(t)))
     key = f"best_{get_task(ctx.task).objective}"
     # No trial number: a resumed study numbers the retry of a killed trial anew, and its
     # outputs must equal an uninterrupted one's (the number goes to MLflow).
@@ -261,12 +249,12 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
 
 def trials_table(study: optuna.Study) -> list[dict]:
     rows = []
-    # Numbered in order of the finished trials: a resumed study's retried trial has a new
-    # Optuna number but the same place in the budget.
-    for index, t in enumerate(sorted(finished_trials(study), key=lambda t: t.number)):
+    # Numbered by slot: a resumed study's retried trial has a new Optuna number but the
+    # same place in the budget, and parallel workers may finish a batch in any order.
+    for t in sorted(finished_trials(study), key=batches.slot_of):
         rows.append(
             {
-                "trial": index,
+                "trial": batches.slot_of(t),
                 "state": t.state.name,
                 "value": t.value
                 if t.value is not None
