@@ -116,6 +116,7 @@ def unsynchronised(study: optuna.Study, db: str, seed: int, ctx: ModelContext) -
 
 def worker(mode: str, raw: dict, model: str, db: str) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the trials' epoch lines)
     ctx = ModelContext(validate_params(raw), model)
     storage = RDBStorage(f"sqlite:///{db}", engine_kwargs={"connect_args": {"timeout": 60}})
     seed = sampler_seed(ctx.params.seed, ctx.name)
