@@ -30,11 +30,14 @@ repro: install ## check params.yaml, then run the DVC pipeline (default: embedde
 	$(RUN) reprolab check
 	$(RUN) dvc repro
 
-test: install ## run the whole test suite (slow end-to-end cases included)
-	$(RUN) python -m pytest
+# Test processes (pytest-xdist): the end-to-end cases spend much of their time starting
+# Python and DVC, so 2 processes keep 2 cores busy; TEST_WORKERS=0 runs them in this one.
+TEST_WORKERS ?= 2
+test: install ## run the whole test suite (slow end-to-end cases included), in TEST_WORKERS processes
+	$(RUN) python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install ## run the tests without the slow end-to-end cases
-	$(RUN) python -m pytest -m "not slow"
+	$(RUN) python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 test-cpus: install ## rerun the computing stages on emulated Intel and AMD CPUs (QEMU), vs tests/golden
 	@command -v qemu-x86_64 >/dev/null || { echo "qemu-x86_64 missing: apt-get install qemu-user"; exit 1; }

@@ -211,9 +211,41 @@ def tiny_repo(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One real `dvc repro` of the TINY pipeline, shared by every module that only reads it
-    (a test that changes params works on ``copy_repo`` of it)."""
-    repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS, TINY_MODELS)
-    return {"repo": repo, "first": run(["dvc", "repro"], repo)}
+    (a test that changes params works on ``copy_repo`` of it). Under pytest-xdist the first
+    worker to need it runs it, once, and every worker reads its own copy (the tests run dvc
+    in it, and two processes would compete for the repo's lock)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS, TINY_MODELS)
+        return {"repo": repo, "first": run(["dvc", "repro"], repo)}
+    from reprolab.core.io import file_lock
+
+    shared = tmp_path_factory.getbasetemp().parent / "tiny-pipeline"
+    done = shared / "first.json"
+    with file_lock(f"{shared}.lock"):
+        if not done.exists():
+            first = run(["dvc", "repro"], make_repo(shared / "repo", TINY_PARAMS, TINY_MODELS))
+            record = {k: getattr(first, k) for k in ("args", "stdout", "stderr")}
+            done.write_text(json.dumps(record))
+    first = subprocess.CompletedProcess(returncode=0, **json.loads(done.read_text()))
+    repo = copy_repo(shared / "repo", tmp_path_factory.mktemp("e2e") / "repo")
+    relocate_store(repo, shared / "repo")
+    return {"repo": repo, "first": first}
+
+
+def relocate_store(repo: Path, built_in: Path) -> None:
+    """The copy's MLflow store as if the pipeline had run in ``repo``: the artifact paths it
+    records (experiments, runs, logged models, versions) name ``repo``, not ``built_in``."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(repo / "mlflow.db")) as db, db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for column in db.execute(f"PRAGMA table_info({table})").fetchall():
+                if "CHAR" in column[2].upper() or "TEXT" in column[2].upper():
+                    db.execute(
+                        f"UPDATE {table} SET {column[1]} = replace({column[1]}, ?, ?)",
+                        (str(built_in), str(repo)),
+                    )
 
 
 def copy_repo(repo: Path, dest: Path) -> Path:
