@@ -206,7 +206,7 @@ def apply(transform: list[dict], columns: dict) -> tuple[np.ndarray, dict]:
         codes = np.array([index.get(v, len(index)) for v in values], np.int64)
         new = np.array([v is not None and v not in index for v in values], bool)
         if new.any():
-            unseen[col["name"]] = (int(new.sum()), _first(new))
+            unseen[col["name"]] = [int(new.sum()), _first(new)]
         parts.append(np.eye(len(index) + 1)[codes])
     return np.concatenate(parts, axis=1).astype(np.float32), unseen
 
