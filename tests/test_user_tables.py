@@ -221,7 +221,96 @@ def test_the_tabular_task_is_the_splits_and_baselines_follow_it(
     meta = workspace / "splits" / "tabular" / "meta.json"
     meta.write_text(json.dumps({"task": "classification"}))
     assert kind_task("tabular") == "classification" and kind_task("image") == "classification"
+    from reprolab.core.schema import Params
+    from reprolab.report.leaderboard import sections
+
+    params = Params.model_validate(
+        {"classifiers": {"mlp": {"arch": "mlp"}}, "regressors": {"t": {"arch": "tabular_mlp"}}}
+    )
+    assert params.task_of("t") == "classification"  # the regressors learn the table's task
+    board = sections(params)[1]
+    assert (board.group, board.rank_metric, board.higher_is_better) == (
+        "regressors",
+        "accuracy",
+        True,
+    )
     names = ["ridge", "logistic_regression"]
     assert of_task(names, "classification", "baselines.tabular") == ["logistic_regression"]
     with pytest.raises(StageError, match="baselines.tabular: none of"):
         of_task(["ridge"], "classification", "baselines.tabular")
+
+
+def test_the_baselines_of_a_classified_table_are_classifiers(workspace: Path) -> None:
+    from reprolab.learn import baselines
+
+    sklearn_table("wine_data.csv", workspace / HOME / "wine.csv")
+    meta = split(workspace, load(workspace, "wine.csv", "target"))
+    data = {s: dict(np.load(workspace / "splits" / f"{s}.npz")) for s in ("train", "val", "test")}
+    selected, fitted = baselines.select_baselines(
+        ["logistic_regression"], data["train"], data["val"], meta["task"], 0, 5000
+    )
+    folder = workspace / "baselines"
+    baselines.save_baselines(fitted, folder)
+    baselines.write_selection(selected, folder, workspace / "val.json")
+    test = baselines.evaluate_baselines(folder, data["test"], "classification", meta)
+    assert selected[0].val["accuracy"] > 0.9 and test["logistic_regression"]["accuracy"] > 0.9
+
+
+@pytest.mark.slow
+def test_a_user_csv_runs_through_tune_train_evaluate_and_predict(tmp_path: Path) -> None:
+    """Real `dvc repro` of the tabular kind on iris with a string column and holes: the MLP
+    classifies it, predict replays the encoding on new rows (columns by name, in any order,
+    a hole and an unseen category), and editing the table makes download@tabular stale."""
+    import sys
+
+    from conftest import TINY_PARAMS, make_repo, run, stages_run
+
+    params = TINY_PARAMS | {
+        "datasets": {"image": "digits", "tabular": "csv"},
+        "csv": {"path": f"{HOME}/iris.csv", "target": "species", "drop": ["id"]},
+        "tune": TINY_PARAMS["tune"] | {"n_trials": 2, "sampler_startup_trials": 1},
+    }
+    repo = make_repo(tmp_path / "repo", params, models=("mlp", "tabular_mlp"))
+    table = sklearn_table("iris.csv", repo / HOME / "iris.csv", target="species")
+    frame = pd.read_csv(table)
+    frame.insert(0, "id", range(len(frame)))
+    frame["soil"] = np.where(frame["f2"] > 3, "clay", "sand")
+    frame.loc[::7, "f0"] = np.nan
+    frame.loc[::11, "soil"] = np.nan
+    frame.to_csv(table, index=False)
+    result = run(["dvc", "repro", "evaluate_regressor@tabular_mlp"], repo)
+    assert set(stages_run(result.stdout)) == {
+        f"{step}@tabular" for step in ("download", "split")
+    } | {f"{step}_regressor@tabular_mlp" for step in ("tune", "train", "evaluate")}
+    meta = json.loads((repo / "data/splits/tabular/meta.json").read_text())
+    assert meta["task"] == "classification" and meta["input_shape"] == [4 + 3]
+    test = json.loads((repo / "metrics/tabular_mlp/test.json").read_text())
+    assert test["n_test"] == 23 and test["accuracy"] > 0.5  # three classes: chance is 1/3
+    model = json.loads((repo / "models/tabular_mlp/model.json").read_text())
+    assert model["table"] == meta["table"] and model["classes"] == meta["classes"]
+    new = repo / "new.csv"
+    new.write_text("f3,f2,f1,f0,soil\n0.2,1.4,3.5,5.1,sand\n2.3,5.9,3.0,,peat\n")
+    out = (
+        run(
+            [
+                sys.executable,
+                "-m",
+                "reprolab.cli",
+                "predict",
+                "--model",
+                "models/tabular_mlp",
+                "new.csv",
+            ],
+            repo,
+            PYTHONPATH="src",
+            MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}",
+        )
+        .stdout.strip()
+        .splitlines()[1:]
+    )
+    assert [line.split("\t")[:2] for line in out] == [
+        ["new.csv:2", "setosa"],
+        ["new.csv:3", "virginica"],
+    ]
+    frame.iloc[:-1].to_csv(table, index=False)
+    assert "download@tabular" in run(["dvc", "status", "download@tabular"], repo).stdout
