@@ -13,43 +13,27 @@ baselines, tune, train and evaluate) and the test metrics are printed. Not a tes
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).parents[1] / "tests")]
 from accuracy import REPO, fresh_copy, repro  # noqa: E402
-
-SKLEARN_DATA = Path(__import__("sklearn").__file__).parent / "datasets" / "data"
+from test_user_tables import diabetes_table, sklearn_table  # noqa: E402  (the tests' tables)
 
 
 def wine(dest: Path) -> dict:
     """178 wines, 13 measurements, 3 cultivars (class_0..2) to classify."""
-    with open(SKLEARN_DATA / "wine_data.csv") as f:
-        names = f.readline().strip().split(",")[2:]
-        values = np.loadtxt(f, delimiter=",")
-    frame = pd.DataFrame(values[:, :-1], columns=[f"m{i}" for i in range(13)])
-    frame["cultivar"] = np.array(names)[values[:, -1].astype(int)]
-    frame.to_csv(dest, index=False)
+    sklearn_table("wine_data.csv", dest, target="cultivar")
     return {"target": "cultivar", "metric": "accuracy"}
 
 
 def diabetes(dest: Path) -> dict:
     """442 patients, 10 features (sex as words), disease progression to regress."""
-    with gzip.open(SKLEARN_DATA / "diabetes_data_raw.csv.gz", "rt") as f:
-        x = np.loadtxt(f)
-    with gzip.open(SKLEARN_DATA / "diabetes_target.csv.gz", "rt") as f:
-        y = np.loadtxt(f)
-    frame = pd.DataFrame(x, columns=["age", "sex", "bmi", "bp", *[f"s{i}" for i in range(1, 7)]])
-    frame["sex"] = np.where(frame["sex"] == 1, "female", "male")
-    frame["progression"] = y
-    frame.to_csv(dest, index=False)
+    diabetes_table(dest)
     return {"target": "progression", "metric": "rmsle"}
 
 
