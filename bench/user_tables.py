@@ -6,7 +6,7 @@ data/own/tabular/ of a fresh copy of this checkout; the real pipeline runs
 `dvc repro evaluate_regressor@tabular_mlp evaluate_baselines@tabular` there (download, split,
 baselines, tune, train and evaluate) and the test metrics are printed. Not a test: minutes.
 
-    python bench/user_tables.py                # wine (classes), diabetes (regression)
+    python bench/user_tables.py                # wine, breast cancer (classes), diabetes
     python bench/user_tables.py --table wine
 """
 
@@ -31,13 +31,19 @@ def wine(dest: Path) -> dict:
     return {"target": "cultivar", "metric": "accuracy"}
 
 
+def breast_cancer(dest: Path) -> dict:
+    """569 tumours, 30 measurements, malignant or benign."""
+    sklearn_table("breast_cancer.csv", dest, target="diagnosis")
+    return {"target": "diagnosis", "metric": "accuracy"}
+
+
 def diabetes(dest: Path) -> dict:
     """442 patients, 10 features (sex as words), disease progression to regress."""
     diabetes_table(dest)
     return {"target": "progression", "metric": "rmsle"}
 
 
-TABLES = {"wine": wine, "diabetes": diabetes}
+TABLES = {"wine": wine, "breast_cancer": breast_cancer, "diabetes": diabetes}
 
 
 def run_table(name: str, root: Path) -> dict:
