@@ -84,7 +84,8 @@ def test_iris_classes_are_learned_from_its_class_names(workspace: Path) -> None:
 
 def test_the_task_is_guessed_from_the_target_and_params_override_it(workspace: Path) -> None:
     sklearn_table("wine_data.csv", workspace / HOME / "wine.csv", labels=False)  # 0, 1, 2
-    assert load(workspace, "wine.csv", "target").task == "classification"
+    wine = load(workspace, "wine.csv", "target")
+    assert wine.task == "classification" and wine.classes == ["0", "1", "2"]
     forced = load(workspace, "wine.csv", "target", task="regression")
     assert forced.task == "regression" and forced.y.dtype == np.float32
     diabetes_table(workspace / HOME / "diabetes.csv")  # 214 distinct whole scores

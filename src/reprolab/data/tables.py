@@ -116,7 +116,7 @@ def target_values(frame, target: str, task: str, name: str) -> tuple[str, np.nda
                     "targets >= 0 (shift the column, or set csv.task: classification)"
                 )
             return task, values.astype(np.float32), []
-        labels = [f"{v:g}" if whole else repr(v) for v in values]
+        labels = [str(int(v)) if whole else repr(float(v)) for v in values]
         order = sorted(set(labels), key=lambda s: float(s))
     else:
         if task == "regression":

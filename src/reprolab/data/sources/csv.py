@@ -64,8 +64,12 @@ def copy_into(dest: Path, options: dict) -> None:
 
 def load(raw_dir: Path) -> Arrays:
     options = read_json(raw_dir / OPTIONS_FILE, "download@tabular", ("file", "target"))
-    data = next(p for p in sorted(raw_dir.iterdir()) if p.stem == "table")
     name = options["file"]
+    data = next(
+        (raw_dir / f"table{s}" for s in tables.SUFFIXES if (raw_dir / f"table{s}").is_file()), None
+    )
+    if data is None:
+        raise TableError(f"{raw_dir}: no copy of {name}; run `dvc repro -f download@tabular`")
     frame = tables.read_table(data, name)
     target = options["target"]
     task, y, classes = tables.target_values(frame, target, options["task"], name)
