@@ -258,13 +258,15 @@ def test_the_baselines_of_a_classified_table_are_classifiers(workspace: Path) ->
 
 
 @pytest.mark.slow
-def test_a_user_csv_runs_through_tune_train_evaluate_and_predict(tmp_path: Path) -> None:
+def test_a_user_csv_runs_through_tune_train_evaluate_and_predict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """Real `dvc repro` of the tabular kind on iris with a string column and holes: the MLP
     classifies it, predict replays the encoding on new rows (columns by name, in any order,
     a hole and an unseen category), and editing the table makes download@tabular stale."""
-    import sys
-
     from conftest import TINY_PARAMS, make_repo, run, stages_run
+
+    from reprolab.cli import main
 
     params = TINY_PARAMS | {
         "datasets": {"image": "digits", "tabular": "csv"},
@@ -291,27 +293,10 @@ def test_a_user_csv_runs_through_tune_train_evaluate_and_predict(tmp_path: Path)
     assert model["table"] == meta["table"] and model["classes"] == meta["classes"]
     new = repo / "new.csv"
     new.write_text("f3,f2,f1,f0,soil\n0.2,1.4,3.5,5.1,sand\n2.3,5.9,3.0,,peat\n")
-    out = (
-        run(
-            [
-                sys.executable,
-                "-m",
-                "reprolab.cli",
-                "predict",
-                "--model",
-                "models/tabular_mlp",
-                "new.csv",
-            ],
-            repo,
-            PYTHONPATH="src",
-            MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}",
-        )
-        .stdout.strip()
-        .splitlines()[1:]
-    )
-    assert [line.split("\t")[:2] for line in out] == [
-        ["new.csv:2", "setosa"],
-        ["new.csv:3", "virginica"],
-    ]
+    monkeypatch.chdir(repo)  # in this process: torch is loaded already
+    main(["predict", "--model", "models/tabular_mlp", "new.csv"])
+    out = capsys.readouterr().out.strip().splitlines()[1:]
+    predicted = [line.split("\t")[:2] for line in out]
+    assert predicted == [["new.csv:2", "setosa"], ["new.csv:3", "virginica"]]
     frame.iloc[:-1].to_csv(table, index=False)
     assert "download@tabular" in run(["dvc", "status", "download@tabular"], repo).stdout
