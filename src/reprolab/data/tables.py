@@ -75,7 +75,7 @@ def column_values(frame, column: str, name: str) -> tuple[str, np.ndarray]:
     else:
         numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
         words = ~missing & np.isnan(numbers)
-        if words.all() or (words | missing).all():
+        if (words | missing).all():
             values = series.to_numpy(dtype=object)
             return "category", np.where(missing, None, values.astype(str))
         if words.any():
@@ -120,9 +120,8 @@ def target_values(frame, target: str, task: str, name: str) -> tuple[str, np.nda
         order = sorted(set(labels), key=lambda s: float(s))
     else:
         if task == "regression":
-            row = _first(np.ones(len(values), bool))
             raise TableError(
-                f"{where}, row {row}: {values[0]!r} is a word; regression needs numbers "
+                f"{where}, row 1: {values[0]!r} is a word; regression needs numbers "
                 "(set csv.task: classification, or auto)"
             )
         labels, order = list(values), sorted(set(values))
