@@ -8,21 +8,22 @@ def main(params, args) -> None:
     import numpy as np
 
     from reprolab.core import paths
-    from reprolab.core.schema import BASELINE_TASK
+    from reprolab.core.kinds import kind_task
     from reprolab.learn.baselines import (
         log_baselines,
+        of_task,
         save_baselines,
         select_baselines,
         write_selection,
     )
     from reprolab.tracking.runs import stage_tags
 
-    task = BASELINE_TASK[args.kind]
+    task = kind_task(args.kind)
     splits = {}
     for name in ("train", "val"):
         with np.load(paths.split_file(args.kind, name)) as data:
             splits[name] = {"x": data["x"], "y": data["y"]}
-    names = getattr(params.baselines, args.kind)
+    names = of_task(getattr(params.baselines, args.kind), task, f"baselines.{args.kind}")
     selected, fitted = select_baselines(
         names, splits["train"], splits["val"], task, params.seed, params.baselines.max_rows
     )

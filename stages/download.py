@@ -9,8 +9,9 @@ def main(params, args) -> None:
     from reprolab.data.fetch import fetch_dataset
 
     dataset = getattr(params.datasets, args.kind)
+    options = getattr(params, dataset, None)  # a user's source reads its section
     files = fetch_dataset(
-        dataset, paths.RAW / dataset, params.mirror, options=params.imagefolder.model_dump()
+        dataset, paths.RAW / dataset, params.mirror, options=options and options.model_dump()
     )
     print(f"download@{args.kind}: {dataset}: {len(files)} file(s) verified")
 

@@ -8,12 +8,12 @@ def main(params, args) -> None:
 
     from reprolab.core import paths
     from reprolab.core.io import md5_file, write_json
-    from reprolab.core.schema import BASELINE_TASK
+    from reprolab.core.kinds import kind_task
     from reprolab.learn.baselines import FILE, evaluate_baselines, log_baselines
     from reprolab.learn.tensors import load_meta
     from reprolab.tracking.runs import stage_tags
 
-    task = BASELINE_TASK[args.kind]
+    task = kind_task(args.kind)
     with np.load(paths.split_file(args.kind, "test")) as data:
         test = {"x": data["x"], "y": data["y"]}
     meta = load_meta(paths.splits_dir(args.kind))

@@ -21,6 +21,11 @@ def main(params, args) -> None:
         s.official_test,
     )
     print(f"split@{args.kind}: {dataset}: {meta['sizes']}")
+    if "table" in meta:
+        from reprolab.data.tables import unseen_warnings
+
+        for line in unseen_warnings(meta["table"]):
+            print(line)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class Predictor:
     input_max: float | None = None  # the raw value of a white pixel (e.g. 16 for digits)
     task: str = "classification"  # regression: the output is log1p of the target
     features: list[str] | None = None  # a tabular model's column names, in order
+    table: dict | None = None  # a user's table's encoding (reprolab.data.tables), replayed
 
 
 def is_mlflow_uri(ref: str) -> bool:
@@ -104,6 +105,7 @@ def _rebuild(folder: Path, uri: str | None = None) -> Predictor:
         info.get("input_max"),
         info.get("task", "classification"),
         info.get("features"),
+        info.get("table"),
     )
 
 
@@ -250,7 +252,11 @@ def read_inputs(files: Iterable[str], predictor: Predictor) -> list[tuple[str, n
             raise PredictError(f"{path}: a folder; give its image or CSV files (e.g. {path}/*)")
         if not path.is_file():
             raise PredictError(f"{path}: no such input file")
-        if path.suffix.lower() == ".csv":
+        if predictor.table is not None and path.suffix.lower() in (".csv", ".parquet"):
+            from reprolab.data.tables import encode_file  # its TableError names the row
+
+            items += encode_file(path, predictor.table)
+        elif path.suffix.lower() == ".csv":
             items += read_csv_rows(path, predictor.input_shape, predictor.features)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             image = read_image(path, predictor.input_shape, predictor.input_max)

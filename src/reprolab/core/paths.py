@@ -50,6 +50,11 @@ def model_dir(model: str) -> Path:
 STAGE_SUFFIX = {"classifiers": "", "regressors": "_regressor", "generators": "_generator"}
 
 
+# The test plot folder dvc.yaml declares per group: a tabular model that classifies (a user's
+# table) writes its confusion rows where the regressors' scatter would go.
+TEST_PLOT = {"classifiers": "confusion", "regressors": "predictions"}
+
+
 def stage_name(step: str, group: str, model: str) -> str:
     """The dvc.yaml name of ``step`` (tune, train, evaluate) for ``model`` of ``group``."""
     return f"{step}{STAGE_SUFFIX[group]}@{model}"

@@ -12,6 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from reprolab.core import paths, registry
 from reprolab.core.errors import ParamsError, shown
+from reprolab.core.kinds import CsvParams, ImageFolderParams, kind_task
 from reprolab.core.specs import (
     Count,
     Fraction,
@@ -160,28 +161,23 @@ class DatasetsParams(_Strict):
             )
 
 
-# Each group of models: the kind of dataset it reads and the task it learns.
+# Each group of models: the kind of dataset it reads and the task it learns (the regressors:
+# the table's task, kind_task: regression, or classification for a user's table of classes).
 GROUPS: dict[str, tuple[str, str]] = {
     "classifiers": ("image", "classification"),
     "regressors": ("tabular", "regression"),
     "generators": ("image", "generative"),
 }
-# The task of the scikit-learn baselines of each kind of dataset.
-BASELINE_TASK = {"image": "classification", "tabular": "regression"}
 
 
 class BaselineParams(_Strict):
     """scikit-learn baselines per dataset kind; each becomes a leaderboard row."""
 
     image: list[Literal["logistic_regression", "rbf_svm"]] = ["logistic_regression", "rbf_svm"]
-    tabular: list[Literal["ridge"]] = ["ridge"]
+    # Those of the table's task run: ridge (regression) and the two classifiers (a user's table).
+    tabular: list[Literal["ridge", "logistic_regression", "rbf_svm"]] = ["ridge"]
     # Fit on at most this many (seeded, random) train rows: an RBF SVM is O(n^2) or worse.
     max_rows: PositiveInt = 5000
-
-
-class ImageFolderParams(_Strict):
-    path: str | None = None  # root/<class>/<image> (or root/train/... + root/val/...)
-    image_size: PositiveInt = 32
 
 
 class ReportParams(_Strict):
@@ -202,6 +198,7 @@ class Params(_Strict):
     # machine with AVX2 (core.numerics); native: the fastest kernels of this CPU.
     numerics: Literal["portable", "native"] = "portable"
     imagefolder: ImageFolderParams = ImageFolderParams()
+    csv: CsvParams = CsvParams()
     split: SplitParams = SplitParams()
     tune: TuneParams = TuneParams()
     train: TrainParams = TrainParams()
@@ -280,7 +277,8 @@ class Params(_Strict):
         return GROUPS[self.group_of(name)][0]
 
     def task_of(self, name: str) -> str:
-        return GROUPS[self.group_of(name)][1]
+        task = GROUPS[self.group_of(name)][1]
+        return kind_task("tabular") if self.kind_of(name) == "tabular" else task
 
     def dataset_of(self, name: str) -> str:
         return getattr(self.datasets, self.kind_of(name))

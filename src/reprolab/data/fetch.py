@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,9 @@ class Arrays:
     test_mask: np.ndarray | None = None
     features: list[str] = field(default_factory=list)  # tabular: column names
     target: str = ""  # regression: what y measures
+    # A user's table (sources/csv.py): x holds its raw cells; ``encode(train rows)`` fits the
+    # encoding on those rows and returns (float32 x of every row, the JSON record of it).
+    encode: Callable[[np.ndarray], tuple[np.ndarray, dict]] | None = None
 
 
 def download_to_cache(url: str, dataset: str, file_name: str) -> Path | None:
@@ -106,7 +110,8 @@ def check_arrays(arrays: Arrays, dataset: str) -> None:
         if n_classes < 2:
             raise DataError(f"dataset {dataset!r} has {n_classes} class; a classifier needs 2+")
     else:
-        if not (np.isfinite(arrays.x).all() and np.isfinite(arrays.y).all()):
+        numeric_x = arrays.encode is None  # a table's raw cells: checked by its source
+        if not ((not numeric_x or np.isfinite(arrays.x).all()) and np.isfinite(arrays.y).all()):
             raise DataError(f"dataset {dataset!r} holds NaN or infinite values")
         if arrays.y.min() < 0:
             raise DataError(

@@ -102,14 +102,17 @@ def write_splits(
 ) -> dict:
     mask = arrays.test_mask if official_test else None
     indices = split_indices(arrays.y, val_fraction, test_fraction, seed, mask)
+    x, table = arrays.x, None
+    if arrays.encode is not None:  # a user's table: its encoding fitted on train only
+        x, table = arrays.encode(indices["train"])
     for name in SPLITS:
         with atomic_path(out_dir / f"{name}.npz") as tmp, open(tmp, "wb") as f:
-            np.savez(f, x=arrays.x[indices[name]], y=arrays.y[indices[name]])
-    mean, std = channel_stats(arrays.x[indices["train"]])
+            np.savez(f, x=x[indices[name]], y=arrays.y[indices[name]])
+    mean, std = channel_stats(x[indices["train"]])
     meta = {
         "task": arrays.task,
         "classes": arrays.classes,
-        "input_shape": list(arrays.x.shape[1:]),
+        "input_shape": list(x.shape[1:]),
         "mean": mean,
         "std": std,
         "sizes": {name: int(len(idx)) for name, idx in indices.items()},
@@ -124,6 +127,8 @@ def write_splits(
             "target_log1p_mean": round(float(log_y.mean()), 6),
             "target_log1p_std": round(float(log_y.std()) or 1.0, 6),
         }
+    if table is not None:
+        meta |= {"features": arrays.features, "target": arrays.target, "table": table}
     meta["trivial_val"] = trivial_scores(arrays, indices)
     write_json(out_dir / "meta.json", meta)
     return meta

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reprolab.core.errors import CheckpointError
+from reprolab.core.errors import CheckpointError, StageError
 from reprolab.core.io import atomic_path, read_json, write_json
 from reprolab.learn.objectives import OBJECTIVES
 
@@ -34,6 +34,16 @@ FILE = "baselines.skops"
 TRUSTED_TYPES = frozenset(
     {"sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"}
 )
+
+
+def of_task(names: list[str], task: str, key: str) -> list[str]:
+    """The baselines of ``names`` that learn ``task`` (a table's task is known only after its
+    split, so ``baselines.tabular`` may list both kinds); none is an error naming ``key``."""
+    kept = [n for n in names if GRIDS[n][0] == task]
+    if not kept:
+        fits = ", ".join(n for n, (t, _, _) in GRIDS.items() if t == task)
+        raise StageError(f"{key}: none of {names} learns {task}; add one of: {fits}")
+    return kept
 
 
 def make_estimator(name: str, value: float, seed: int):

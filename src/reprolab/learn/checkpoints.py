@@ -91,6 +91,8 @@ def model_metadata(meta: dict, input_max: float) -> dict:
     about = {"task": meta["task"], "classes": list(meta["classes"]), "input_max": input_max}
     if meta["task"] == "regression":
         about |= {"features": meta["features"], "output": f"log1p({meta['target']})"}
+    if "table" in meta:  # a user's table: the encoding `reprolab predict` replays on new rows
+        about |= {"features": meta["features"], "table": meta["table"]}
     return about
 
 

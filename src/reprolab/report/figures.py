@@ -99,6 +99,8 @@ def confusion_from_rows(path: Path, classes: list[str]) -> list[list[int]]:
 
 def _confusion(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
     path = inputs["confusion"] / f"{model}.csv"
+    if not path.is_file():  # a tabular model classifying a user's table writes it there
+        path = inputs["predictions"] / f"{model}.csv"
     classes = inputs["classes"].get(model)
     if not path.is_file() or not classes:
         return False  # not a classifier
@@ -121,7 +123,7 @@ def _confusion(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
 
 def _predictions(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
     path = inputs["predictions"] / f"{model}.csv"
-    if not path.is_file():
+    if not path.is_file() or inputs["classes"].get(model):
         return False  # not a regressor
     rows = read_table(path, sep=",")
     actual = [float(r["actual"]) for r in rows]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from reprolab.core import paths
 from reprolab.core.io import atomic_dir, read_json
+from reprolab.core.kinds import kind_task
 from reprolab.core.schema import Params
 from reprolab.report.figures import draw_figures
 from reprolab.tracking.runs import logged_metrics
@@ -35,40 +36,31 @@ class Section:
     baselines: bool = True  # the scikit-learn rows of its kind of dataset
 
 
+CLASS_COLUMNS = (
+    ("val loss", "val", "loss"),
+    ("test accuracy", "test", "accuracy"),
+    ("test macro-F1", "test", "macro_f1"),
+    ("test loss", "test", "loss"),
+)
+REGRESSION_COLUMNS = (
+    ("test RMSLE", "test", "rmsle"),
+    ("test RMSE", "test", "rmse"),
+    ("test R²", "test", "r2"),
+)
+
+
 def sections(params: Params) -> list[Section]:
     metric = params.report.metric
     out = []
     if params.classifiers:
         out.append(
-            Section(
-                "classifiers",
-                "image",
-                params.datasets.image,
-                metric,
-                True,
-                (
-                    ("val loss", "val", "loss"),
-                    ("test accuracy", "test", "accuracy"),
-                    ("test macro-F1", "test", "macro_f1"),
-                    ("test loss", "test", "loss"),
-                ),
-            )
+            Section("classifiers", "image", params.datasets.image, metric, True, CLASS_COLUMNS)
         )
     if params.regressors:
-        out.append(
-            Section(
-                "regressors",
-                "tabular",
-                params.datasets.tabular,
-                "rmsle",
-                False,
-                (
-                    ("test RMSLE", "test", "rmsle"),
-                    ("test RMSE", "test", "rmse"),
-                    ("test R²", "test", "r2"),
-                ),
-            )
-        )
+        # A user's table of classes: its models are ranked as the classifiers are.
+        classes = kind_task("tabular") == "classification"
+        ranked = (metric, True, CLASS_COLUMNS) if classes else ("rmsle", False, REGRESSION_COLUMNS)
+        out.append(Section("regressors", "tabular", params.datasets.tabular, *ranked))
     if params.generators:
         out.append(
             Section(
@@ -187,8 +179,7 @@ def headline_metrics(params: Params, boards: list[tuple[Section, list[dict]]]) -
     (`dvc metrics diff --targets metrics`)."""
     headline = {}
     for section, rows in boards:
-        metric = {"image": "accuracy", "tabular": "rmsle"}[section.kind]
-        metric = "fid" if section.group == "generators" else metric
+        metric = section.rank_metric if section.rank_metric in HEADLINE else "accuracy"
         for row in rows:
             if row["arch"] != BASELINE_ARCH:
                 headline[row["model"]] = {HEADLINE[metric]: row["test"][metric]}

@@ -100,7 +100,8 @@ class SupervisedTask(Task):
         task = self.loss
         metrics, rows = task.test_report(predict(model, test), test.y, ctx.meta)
         write_json(paths.METRICS / ctx.name / "test.json", metrics)
-        write_tsv(paths.PLOTS / task.test_plot / f"{ctx.name}.csv", rows, sep=",")
+        plot = paths.TEST_PLOT.get(ctx.group, task.test_plot)
+        write_tsv(paths.PLOTS / plot / f"{ctx.name}.csv", rows, sep=",")
 
         logged = {k: v for k, v in metrics.items() if isinstance(v, float) and k != "n_test"}
         log_test_metrics(ctx.dataset, ctx.name, info["study"], tags, logged)
