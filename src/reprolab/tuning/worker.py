@@ -40,7 +40,7 @@ from reprolab.tuning.pruners import make_pruner
 from reprolab.tuning.storage import heartbeat, open_storage, storage_url, study_lock
 
 FINISHED = batches.FINISHED
-POLL_S = 0.2  # how often a waiting worker asks again for a slot
+POLL_S = 0.1  # how often a waiting worker asks again for a slot
 log = logging.getLogger(__name__)
 
 
