@@ -149,7 +149,7 @@ def mlflow_command(backend: str, artifacts: Path, host: str, port: int) -> list[
     command = [str(mlflow) if mlflow.is_file() else "mlflow", "server"]
     command += ["--backend-store-uri", backend, "--serve-artifacts"]
     command += ["--artifacts-destination", str(artifacts.resolve())]
-    command += ["--host", host, "--port", str(port), "--workers", "2"]
+    command += ["--host", host, "--port", str(port), "--workers", "1"]
     if host not in LOOPBACK:  # MLflow 3 answers only the Host names it is told to
         command += ["--allowed-hosts", "*"]
     return command
