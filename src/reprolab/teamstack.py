@@ -105,6 +105,11 @@ def postgres(
     folder.mkdir(parents=True, exist_ok=True)
     if owner is not None:  # its data, log and socket are the postgres user's
         os.chown(folder, *owner)
+        if subprocess.run([*prefix, "test", "-w", str(folder)], timeout=30).returncode:
+            raise StackError(
+                f"the postgres user cannot write {folder} (a folder above it is closed to "
+                "other users, e.g. /root): give a --folder it can reach (/srv/..., /tmp/...)"
+            )
     data, log = folder / "data", folder / "postgres.log"
     pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data)]
     if not (data / "PG_VERSION").is_file():
@@ -223,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.folder.resolve()
     remote = folder / "dvc-remote"
     # Ctrl-C and SIGTERM both end the wait below; the servers are stopped on the way out.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # (SIGINT too: a shell that starts this in the background leaves it ignored.)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
     try:
         check_port(args.host, args.port, "the MLflow server")  # before PostgreSQL starts
         with postgres(folder / "postgres", args.pg_port, host=args.host) as database:
@@ -232,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             artifacts = folder / "mlartifacts"
             with mlflow_server(f"{database}/mlflow", artifacts, args.host, args.port, log) as url:
                 print(f"team stack up: MLflow {url}, PostgreSQL {database}, in {folder}")
+                if args.host in ("0.0.0.0", "::"):  # listening everywhere: named by this host
+                    name = socket.getfqdn()
+                    url, database = (u.replace(_url_host(args.host), name) for u in (url, database))
                 print("each workspace sets:")
                 print("\n".join(f"  {line}" for line in settings(url, database, remote)))
                 print("Ctrl-C stops both servers", flush=True)
