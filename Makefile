@@ -8,9 +8,13 @@ STAMP := $(VENV)/.reprolab-installed
 RUN := PATH="$(BIN):$$PATH"
 UI_PORT ?= 5000
 DASHBOARD_PORT ?= 8080
+# `make team-stack`: where both servers listen (TEAM_HOST=0.0.0.0 for the team's machines).
+TEAM_HOST ?= 127.0.0.1
+TEAM_PORT ?= 5000
+TEAM_PG_PORT ?= 5432
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test test-fast test-cpus lint format exps exps-changed ui dashboard clean-stores
+.PHONY: help install repro test test-fast test-cpus lint format exps exps-changed ui dashboard team-stack clean-stores
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
@@ -63,6 +67,10 @@ ui: install ## open the MLflow UI on the repo's tracking store (http://127.0.0.1
 
 dashboard: install ## open optuna-dashboard on the study storage (http://127.0.0.1:$(DASHBOARD_PORT))
 	$(RUN) optuna-dashboard sqlite:///$(CURDIR)/.optuna/studies.db --host 127.0.0.1 --port $(DASHBOARD_PORT)
+
+team-stack: install ## a team's stack for a trial: PostgreSQL + MLflow server in .team-stack/ (Ctrl-C stops)
+	$(RUN) python -m reprolab.teamstack --folder .team-stack --host $(TEAM_HOST) \
+	  --port $(TEAM_PORT) --pg-port $(TEAM_PG_PORT)
 
 clean-stores: ## delete the local MLflow store and Optuna studies (DVC outputs stay)
 	rm -rf mlflow.db mlflow.db.lock mlartifacts .optuna

@@ -305,75 +305,38 @@ def server(cmd: list[str], cwd: Path, ready_url: str, timeout: float = 180, **en
                 proc.wait(timeout=20)
 
 
-def _postgres_bindir() -> Path | None:
-    """Debian keeps initdb/pg_ctl in /usr/lib/postgresql/<version>/bin, off the PATH."""
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return candidates[-1].parent if candidates else None
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A real PostgreSQL server for the session: a temporary data dir, trust auth, a free
-    port on 127.0.0.1. As root it runs as the `postgres` user (postgres refuses root).
+@contextlib.contextmanager
+def postgres_server(databases: tuple[str, ...]) -> Iterator[str]:
+    """A real PostgreSQL server (reprolab.teamstack.postgres, as `make team-stack` starts
+    it): a temporary data dir, trust auth, a free port on 127.0.0.1, as the `postgres` user
+    when run as root (postgres refuses root). Yields its URL without a database name.
     Skips, saying why, only where no server can be started."""
     import tempfile
 
-    bindir = _postgres_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it: apt-get install postgresql)")
+    from reprolab.teamstack import StackError, postgres
+
     try:
         import psycopg2  # noqa: F401
     except ImportError:
         pytest.skip("psycopg2 is not installed (it is in the dev dependencies)")
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        import pwd
-
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
-        prefix = ["runuser", "-u", "postgres", "--"]
     # Not under pytest's basetemp: its 0700 folders are closed to the postgres user.
     folder = Path(tempfile.mkdtemp(prefix="reprolab-pg-"))
-    if prefix:
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-    data, port = folder / "data", free_port()
-    pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data)]
-    setup = [
-        [*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        [
-            *pg_ctl,
-            "-l",
-            str(folder / "server.log"),
-            "-o",
-            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-        [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"],
-    ]
-    for cmd in setup:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            log = folder / "server.log"
-            server_log = log.read_text()[-500:] if log.exists() else ""
-            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
-            shutil.rmtree(folder, ignore_errors=True)
-            pytest.skip(
-                f"PostgreSQL could not be started: {' '.join(cmd[:4])} exited "
-                f"{result.returncode}: {result.stderr.strip()[-500:]}\n{server_log}"
-            )
     try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+        with contextlib.ExitStack() as stack:
+            try:  # tests need no durability: fsync off
+                url = stack.enter_context(postgres(folder, free_port(), databases, durable=False))
+            except StackError as err:
+                pytest.skip(f"PostgreSQL could not be started: {err}")
+            yield url
     finally:
-        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (postgres_server), database `optuna`."""
+    with postgres_server(("optuna",)) as url:
+        yield f"{url}/optuna"
 
 
 @pytest.fixture

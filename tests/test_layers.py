@@ -20,6 +20,7 @@ TOP = {
     "predict.py": "cli",
     "verify.py": "cli",
     "dvc_artifacts.py": "cli",
+    "teamstack.py": "cli",
     "__init__.py": "core",
 }
 

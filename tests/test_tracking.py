@@ -176,6 +176,27 @@ def test_the_same_weights_map_to_one_registered_version(
     assert promote_champion("toy", "mlp", other, ["mlp"]) == (f"models:/{NAME}/2", None)
 
 
+def test_a_second_version_of_the_same_weights_registered_at_once_is_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workspaces on one tracking server that register the same weights at the same
+    moment (no lock spans them: both found none) keep one version, the older."""
+    from reprolab.tracking.models import _register
+
+    _workspace(tmp_path, monkeypatch)
+    same = _log(seed=1)
+    client = MlflowClient()
+    first = client.get_model_version(NAME, "1")
+    # The other workspace's registration: the same weights, registered as if none were there.
+    assert _register(client, first.source, NAME, {"weights_md5": same}) == "1"
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == ["1"]
+    other = _log(seed=2)  # the older version of other weights is the one kept
+    versions = {v.tags["weights_md5"]: str(v.version) for v in client.search_model_versions("")}
+    assert _register(client, first.source, NAME, {"weights_md5": other}) == versions[other]
+    kept = sorted(v.tags["weights_md5"] for v in client.search_model_versions(""))
+    assert kept == sorted([same, other])
+
+
 def test_a_model_taken_out_of_params_keeps_no_champion_alias(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

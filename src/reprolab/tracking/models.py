@@ -69,12 +69,12 @@ def log_final_model(
         return
     name = registered_name(ctx.dataset, ctx.name)
     # Looked up and registered under the store's lock, so that two runs training the same
-    # weights at once (queued experiments) register one version between them.
+    # weights at once (queued experiments) register one version between them; a tracking
+    # server has no such lock, and _register keeps one version there.
     with store_lock():
         version = registered_version(tracker.client, name, weights_md5)
         if version is None:
-            info = _log_model(parent, served, example, name, about, params, folder)
-            version = str(info.registered_model_version)
+            info = _log_model(parent, served, example, None, about, params, folder)
             all_tags = {
                 "git_sha": tags.get("reprolab.git_sha", "unknown"),
                 "data_md5": ",".join(f"{k}={v}" for k, v in tags.items() if "data_md5" in k),
@@ -87,9 +87,22 @@ def log_final_model(
                 "git_dirty": "true" if code_diff() else "false",
                 **(version_tags or {}),
             }
-            for key, value in all_tags.items():
-                tracker.client.set_model_version_tag(name, version, key, value)
+            version = _register(tracker.client, info.model_uri, name, all_tags)
     tracker.set_tags(parent, {VERSION_TAG: f"models:/{name}/{version}"})
+
+
+def _register(client: MlflowClient, model_uri: str, name: str, tags: dict[str, str]) -> str:
+    """A new version of ``name`` for the logged model ``model_uri``, created with its tags in
+    one call; returns the version that holds these weights. Workspaces sharing a tracking
+    server that train the same weights at once (no lock spans them) both register: the older
+    version wins, and the newer, which finds it (versions are numbered in the order they are
+    stored), is deleted, so the registry keeps one version per weights."""
+    created = str(mlflow.register_model(model_uri, name, tags=tags).version)
+    same = client.search_model_versions(f"name = '{name}'")
+    oldest = min(int(v.version) for v in same if v.tags.get("weights_md5") == tags["weights_md5"])
+    if str(oldest) != created:
+        client.delete_model_version(name, created)
+    return str(oldest)
 
 
 def _log_model(parent, served, example, name, about, params, folder):

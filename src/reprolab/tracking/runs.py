@@ -119,7 +119,8 @@ class Tracker:
             if KIND_TAG not in found.tags:  # made before the tag: opens on its runs from now
                 self.client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
             return found.experiment_id
-        location = (artifact_root(self.uri) / name).as_uri()
+        root = artifact_root(self.uri)
+        location = None if root is None else (root / name).as_uri()
         try:
             # Tagged so that MLflow 3's UI opens it on its runs, not on GenAI traces.
             return self.client.create_experiment(

@@ -53,10 +53,15 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(database).resolve()
 
 
-def artifact_root(uri: str) -> Path:
-    """Where new experiments keep their artifacts: beside a SQLite database, else (a server
-    or another database) in the workspace root, as an explicit absolute location (SQLite
-    stores would otherwise default to a cwd-relative folder a temp experiment loses)."""
+def artifact_root(uri: str) -> Path | None:
+    """Where new experiments keep their artifacts: beside a SQLite database, else (another
+    database) in the workspace root, as an explicit absolute location (SQLite stores would
+    otherwise default to a cwd-relative folder a temp experiment loses). None for a tracking
+    server (``http(s)://``): the server chooses, e.g. ``mlflow-artifacts:/<experiment id>``
+    where it proxies them (``--serve-artifacts``), so that every workspace that shares it,
+    on any machine, logs and reads through it, never into one workspace's folder."""
+    if uri.startswith(("http://", "https://")):
+        return None
     database = sqlite_file(uri)
     return (workspace_root() if database is None else database.parent) / ARTIFACTS
 
