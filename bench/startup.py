@@ -8,9 +8,10 @@ fresh processes; prints medians and the ratio to the normal exit.
 ``bench/startup.py --stages [ROUNDS] [--code DIR ...]``: per stage script, run for real
 (``python -X importtime stages/<s>.py <arg>``) in the workspace of the current folder (a
 clone after `dvc repro`: it rewrites the same outputs and logs MLflow runs), the seconds
-spent importing, in all and per heavy package, and the whole run's wall time; medians. Each
-``--code DIR`` (default: this checkout) runs DIR/stages with DIR/src, rounds alternating
-between them, to compare two commits on one machine at one time.
+spent importing, in all and per heavy package, and the whole run's wall and CPU time (user
++ system: on a shared machine the steadier figure); medians. Each ``--code DIR`` (default:
+this checkout) runs DIR/stages with DIR/src, rounds alternating between them, to compare
+two commits on one machine at one time.
 
     .venv/bin/python bench/startup.py [ROUNDS]
     cd CLONE && /path/to/.venv/bin/python /path/to/bench/startup.py --stages 3 --code A --code B
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -88,17 +90,18 @@ def import_seconds(stderr: str) -> dict[str, float]:
 def run_stage(code: Path, stage: tuple[str, ...]) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(code / "src")}
     script = code / "stages" / f"{stage[0]}.py"
-    started = time.perf_counter()
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-X", "importtime", str(script), *stage[1:]],
         env=env,
         capture_output=True,
         text=True,
     )
-    seconds = time.perf_counter() - started
+    seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.exit(f"{' '.join(stage)} with {code} failed:\n{done.stderr[-2000:]}")
-    return {"wall": seconds, **import_seconds(done.stderr)}
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"wall": seconds, "cpu": cpu, **import_seconds(done.stderr)}
 
 
 def stages(rounds: int, codes: list[Path]) -> None:
@@ -107,7 +110,7 @@ def stages(rounds: int, codes: list[Path]) -> None:
         for code in codes if r % 2 == 0 else list(reversed(codes)):
             for stage in STAGES:
                 runs.setdefault((code, stage), []).append(run_stage(code, stage))
-    columns = ("wall", "total", *PACKAGES)
+    columns = ("wall", "cpu", "total", *PACKAGES)
     print(f"{'stage':26s} {'code':28s} " + " ".join(f"{c:>10s}" for c in columns))
     for stage in STAGES:
         for code in codes:
