@@ -1,7 +1,7 @@
 """Stage baselines@<kind>: scikit-learn baselines for ``datasets.<kind>``, each with its
 regularisation chosen on the validation split (test is never read here)."""
 
-from reprolab.core.stage import run_stage
+from reprolab.core.stage import imports_done, run_stage
 
 
 def main(params, args) -> None:
@@ -17,6 +17,8 @@ def main(params, args) -> None:
         write_selection,
     )
     from reprolab.tracking.runs import stage_tags
+
+    imports_done()
 
     task = kind_task(args.kind)
     splits = {}

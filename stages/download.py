@@ -1,12 +1,14 @@
 """Stage download@<kind>: the original files of ``datasets.<kind>``, checksummed, under
 data/raw/<dataset>/."""
 
-from reprolab.core.stage import run_stage
+from reprolab.core.stage import imports_done, run_stage
 
 
 def main(params, args) -> None:
     from reprolab.core import paths
     from reprolab.data.fetch import fetch_dataset
+
+    imports_done()
 
     dataset = getattr(params.datasets, args.kind)
     options = getattr(params, dataset, None)  # a user's source reads its section

@@ -1,14 +1,15 @@
 """Stage evaluate@<model>: the one final test evaluation (the only reader of test.npz); a
 generator also draws its fixed-noise sample grid."""
 
-from reprolab.core.stage import run_stage
+from reprolab.core.stage import imports_done, run_stage
 
 
 def main(params, args) -> None:
     from reprolab.learn.tasks import get_task
     from reprolab.tracking.runs import stage_tags
 
-    task = get_task(params.task_of(args.model))
+    task = get_task(params.task_of(args.model))  # imports the task's modules
+    imports_done()
     ctx = task.context(params, args.model)
     tags = stage_tags(ctx.device.type, params, ctx.data_files(("test",)))
     metrics = task.evaluate(ctx, tags)

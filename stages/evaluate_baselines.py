@@ -1,6 +1,6 @@
 """Stage evaluate_baselines@<kind>: the one test evaluation of the chosen baselines."""
 
-from reprolab.core.stage import run_stage
+from reprolab.core.stage import imports_done, run_stage
 
 
 def main(params, args) -> None:
@@ -12,6 +12,8 @@ def main(params, args) -> None:
     from reprolab.learn.baselines import FILE, evaluate_baselines, log_baselines
     from reprolab.learn.tensors import load_meta
     from reprolab.tracking.runs import stage_tags
+
+    imports_done()
 
     task = kind_task(args.kind)
     with np.load(paths.split_file(args.kind, "test")) as data:

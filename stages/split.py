@@ -1,13 +1,15 @@
 """Stage split@<kind>: stratified (classes) or plain (regression), seeded train/val/test
 files of ``datasets.<kind>`` under data/splits/<kind>/."""
 
-from reprolab.core.stage import run_stage
+from reprolab.core.stage import imports_done, run_stage
 
 
 def main(params, args) -> None:
     from reprolab.core import paths
     from reprolab.data.fetch import load_raw
     from reprolab.data.split import write_splits
+
+    imports_done()
 
     s = params.split
     dataset = getattr(params.datasets, args.kind)

@@ -1,6 +1,6 @@
 """Stage train@<model>: final training with the tuned params; model, curves, val metrics."""
 
-from reprolab.core.stage import run_stage
+from reprolab.core.stage import imports_done, run_stage
 
 
 def main(params, args) -> None:
@@ -10,7 +10,8 @@ def main(params, args) -> None:
     from reprolab.learn.tasks import get_task
     from reprolab.tracking.runs import stage_tags
 
-    task = get_task(params.task_of(args.model))
+    task = get_task(params.task_of(args.model))  # imports the task's modules
+    imports_done()
     if task.distributed:  # train.launcher torchrun: this process becomes its agent
         distributed.relaunch(params.train.launcher)
     distributed.init_from_env(params.device)  # a torchrun rank joins its group; else no-op

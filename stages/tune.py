@@ -1,7 +1,7 @@
 """Stage tune@<model>: Optuna search of lr and weight decay on the validation split (a
 generator's objective: the Fréchet distance in its scorer's features)."""
 
-from reprolab.core.stage import run_stage
+from reprolab.core.stage import imports_done, run_stage
 
 
 def main(params, args) -> None:
@@ -9,6 +9,8 @@ def main(params, args) -> None:
     from reprolab.core.io import write_json, write_tsv
     from reprolab.tracking.runs import stage_tags
     from reprolab.tuning.worker import model_context, tune_model
+
+    imports_done()
 
     ctx = model_context(params, args.model)
     tags = stage_tags(ctx.device.type, params, ctx.data_files(("train", "val")))

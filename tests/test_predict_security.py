@@ -1,7 +1,8 @@
 """`reprolab predict` never runs code shipped in a model registry version: real malicious
 versions in a real MLflow store (a pickled module whose unpickling writes a marker, a pyfunc
 whose loader module writes one on import) are refused with one line, the marker never appears;
-a version logged the pipeline's way (state dict + model.json beside the served flavour) predicts.
+a version logged the pipeline's way (state dict + model.json as the artifacts of a pyfunc from
+code) predicts.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import torch
 
 from reprolab.cli import main
 from reprolab.learn.checkpoints import save_model
+from reprolab.learn.serving import SERVED_CODE, Served, answer
 from reprolab.models._base import ModelSpec, build_model
-from reprolab.tracking.models import log_final_model
+from reprolab.tracking.models import FromCode, log_final_model
 
 ABOUT = {"task": "classification", "classes": ["a", "b", "c"], "input_max": 16.0}
 
@@ -115,6 +117,8 @@ def _log_genuine(folder: Path) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(spec).eval()
     md5 = save_model(model, spec, folder, {"study": "s", "model": "mlp", **ABOUT})
+    example = np.arange(2 * 64, dtype=np.float32).reshape(2, 1, 8, 8) % 17
+    served = Served(model, spec.input_shape, "classification").eval()
     ctx = SimpleNamespace(
         dataset="toy",
         group="classifiers",
@@ -128,8 +132,8 @@ def _log_genuine(folder: Path) -> torch.nn.Module:
         {},
         history=[],
         logged={"val_accuracy": 1.0},
-        served=model,
-        example=np.arange(2 * 64, dtype=np.float32).reshape(2, 1, 8, 8) % 17,
+        served=FromCode(SERVED_CODE, answer(served, example, ABOUT)),
+        example=example,
         about=ABOUT,
         weights_md5=md5,
         folder=folder,

@@ -187,14 +187,15 @@ def test_mlflow_models_serve_answers_a_rest_request(tiny_pipeline: dict) -> None
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
-    predictions = np.asarray(answer["predictions"])
-    assert predictions.shape == (4, 10)
-    np.testing.assert_allclose(predictions, expected, rtol=1e-4, atol=1e-4)
-    # Class probabilities (not logits), in the order of the version's metadata `classes`.
-    np.testing.assert_allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
-    assert (predictions >= 0).all()
-    info = mlflow.models.get_model_info("models:/digits-mlp/1")
-    assert info.metadata["classes"] == [str(c) for c in range(10)]
+    rows = answer["predictions"]  # one record per input: class, class_index, probabilities
+    classes = [str(c) for c in range(10)]
+    assert mlflow.models.get_model_info("models:/digits-mlp/1").metadata["classes"] == classes
+    assert [set(row) for row in rows] == [{"class", "class_index", *classes}] * 4
+    probabilities = np.asarray([[row[c] for c in classes] for row in rows])
+    np.testing.assert_allclose(probabilities, expected[classes].to_numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert [row["class_index"] for row in rows] == probabilities.argmax(axis=1).tolist()
+    assert [row["class"] for row in rows] == [classes[r["class_index"]] for r in rows]
 
 
 def test_served_regressor_takes_a_flat_row_and_answers_the_target(

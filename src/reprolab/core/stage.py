@@ -34,6 +34,12 @@ def run_stage(
         "--params", default="params.yaml", help="params file (default: %(default)s)"
     )
     args = parser.parse_args()
+    # No garbage collection while the stage imports: torch, MLflow, Optuna and scikit-learn
+    # allocate millions of objects that live until exit, and each full collection would walk
+    # them all again (a fifth of a stage's startup; bench/startup.py --stages).
+    # imports_done() freezes them and turns collection back on; so does leaving run_stage.
+    collecting = gc.isenabled()
+    gc.disable()
     # SIGTERM (kill, a scheduler, CI's cancel) ends the stage as Ctrl-C does, not silently.
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
@@ -73,9 +79,18 @@ def run_stage(
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if collecting:
+            gc.enable()
     # The run is done. Interpreter shutdown runs full garbage collections over every object
     # torch and MLflow allocated (0.7-0.9 s a stage, bench/startup.py); frozen ones are skipped.
     gc.freeze()
+
+
+def imports_done() -> None:
+    """A stage calls this once it has imported what it runs, before it computes: what was
+    imported is frozen (collections never walk it again) and collection is back on."""
+    gc.freeze()
+    gc.enable()
 
 
 class Terminated(KeyboardInterrupt):

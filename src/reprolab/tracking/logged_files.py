@@ -1,8 +1,10 @@
-"""Plain files logged beside an MLflow model (``log_model(extra_files=[...])``), fetched
-without loading the model: nothing of the version is unpickled or imported.
+"""Plain files logged with an MLflow model, fetched without loading the model: nothing of
+the version is unpickled, imported or run.
 
-MLflow copies each extra file to ``<model>/extra_files/<name>`` and lists it in the flavour's
-``extra_files`` entry of MLmodel (read with yaml.safe_load by ``get_model_info``).
+A pyfunc's ``artifacts={...}`` are copied to ``<model>/artifacts/<name>`` and listed in the
+python_function flavour's ``artifacts`` entry of MLmodel; a flavour's ``extra_files=[...]``
+(the pytorch flavour's) to ``<model>/extra_files/<name>``, listed in its ``extra_files``
+entry (MLmodel is read with yaml.safe_load by ``get_model_info``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from reprolab.core.errors import CheckpointError
 
 EXTRA_DIR = "extra_files"
+ARTIFACTS_DIR = "artifacts"
 
 
 def _first_line(err: Exception) -> str:
@@ -21,9 +24,9 @@ def _first_line(err: Exception) -> str:
 
 
 def download_extra_files(uri: str, names: Iterable[str], dest: Path) -> None:
-    """Download ``extra_files/<name>`` of the model at ``uri`` into ``dest/<name>`` for each
-    name. A model without them (a pickled module, a pyfunc loader module, a version logged
-    before they were) raises CheckpointError saying so."""
+    """Download ``artifacts/<name>`` (or ``extra_files/<name>``) of the model at ``uri`` into
+    ``dest/<name>`` for each name. A model without them (a pickled module, a pyfunc loader
+    module, a version logged before they were) raises CheckpointError saying so."""
     import mlflow
 
     from reprolab.tracking.runs import open_store, tracking_uri
@@ -52,16 +55,17 @@ def download_extra_files(uri: str, names: Iterable[str], dest: Path) -> None:
         ) from None
     if (info.metadata or {}).get("task") == "generative":
         raise CheckpointError(f"{uri}: a generator; predict takes classifiers and regressors")
-    wanted = {f"{EXTRA_DIR}/{name}" for name in names}
-    listed = {
-        str(entry.get("path")) if isinstance(entry, dict) else ""
-        for flavor in info.flavors.values()
-        if isinstance(flavor, dict)
-        for entry in flavor.get(EXTRA_DIR) or []
-    }
-    if not wanted <= listed:
+    listed = logged_files(info.flavors)
+    wanted = set()
+    for name in names:
+        found = [f"{d}/{name}" for d in (ARTIFACTS_DIR, EXTRA_DIR) if f"{d}/{name}" in listed]
+        if not found:
+            wanted = set()
+            break
+        wanted.add(found[0])
+    if not wanted:
         raise CheckpointError(
-            f"{uri}: this version carries no state dict ({' + '.join(sorted(wanted))}), only "
+            f"{uri}: this version carries no state dict ({' + '.join(sorted(names))}), only "
             f"flavours ({', '.join(sorted(info.flavors)) or 'none'}) whose loading would run "
             "code shipped with it, which reprolab never does; register it again with "
             "`dvc repro train@<model>`, or predict from its DVC folder (--model models/<model>)"
@@ -78,3 +82,18 @@ def download_extra_files(uri: str, names: Iterable[str], dest: Path) -> None:
         if len(found) != 1:
             raise CheckpointError(f"{uri}: {path} did not download as one plain file")
         found[0].replace(dest / Path(path).name)
+
+
+def logged_files(flavors: dict) -> set[str]:
+    """The paths (``extra_files/<name>``, ``artifacts/<name>``) the flavours of an MLmodel
+    list as plain files logged with it."""
+    listed = set()
+    for flavor in flavors.values():
+        if not isinstance(flavor, dict):
+            continue
+        for entry in flavor.get(EXTRA_DIR) or []:
+            listed.add(str(entry.get("path")) if isinstance(entry, dict) else "")
+        artifacts = flavor.get(ARTIFACTS_DIR)
+        for entry in artifacts.values() if isinstance(artifacts, dict) else []:
+            listed.add(str(entry.get("path")) if isinstance(entry, dict) else "")
+    return listed

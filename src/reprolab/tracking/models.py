@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,16 @@ from reprolab.tracking.runs import Tracker, store_lock, verifying, workspace_id
 # On a parent run: the registered version (``models:/<name>/<version>``) its weights are,
 # whether this run registered it or an earlier run with the same weights did.
 VERSION_TAG = "reprolab.model_version"
+
+
+@dataclass(frozen=True)
+class FromCode:
+    """A served model that is an MLflow pyfunc from code: ``code`` the file MLflow runs to
+    serve it (it calls ``mlflow.models.set_model``), ``output`` its answer to the example
+    (the signature's output). Its artifacts are the model folder's model.pt + model.json."""
+
+    code: Path
+    output: Any
 
 
 def registered_name(dataset: str, model: str) -> str:
@@ -36,7 +47,7 @@ def log_final_model(
     *,
     history: list[dict],
     logged: dict[str, float],
-    served: Any,  # an nn.Module (torch is imported here only when a model is logged)
+    served: Any,  # FromCode, or an nn.Module (pytorch flavour, pickled: a generator's)
     example,
     about: dict,
     weights_md5: str,
@@ -53,8 +64,9 @@ def log_final_model(
     again; the run is tagged with that version (``reprolab.model_version``, as a new one is).
 
     ``folder`` (the DVC model folder): its model.pt + model.json travel with the logged model
-    as ``extra_files/``, so `reprolab predict` rebuilds the network from them (weights_only)
-    and never loads the served flavour, which `mlflow models serve` unpickles."""
+    (a FromCode pyfunc's ``artifacts/``, a module's ``extra_files/``), so `reprolab predict`
+    rebuilds the network from them (weights_only) and never loads what `mlflow models serve`
+    runs."""
     tracker = Tracker(ctx.dataset, ctx.name, best["study"])
     parent = tracker.parent_run_id(tags)
     for row in history:
@@ -111,21 +123,24 @@ def _log_model(parent, served, example, name, about, params, folder):
     import torch
     from mlflow.models import infer_signature
 
+    requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+    common = {"name": "model", "input_example": example, "registered_model_name": name}
+    common |= {"params": params, "metadata": about, "pip_requirements": requirements}
+    if isinstance(served, FromCode):
+        files = {f: str(folder / f) for f in (MODEL_FILE, SPEC_FILE)}
+        with mlflow.start_run(run_id=parent):
+            return mlflow.pyfunc.log_model(
+                python_model=str(served.code),
+                artifacts=files,
+                signature=infer_signature(example, served.output),
+                **common,
+            )
     with torch.no_grad():
         output = served(torch.from_numpy(example)).numpy()
+    extra = None if folder is None else [str(folder / MODEL_FILE), str(folder / SPEC_FILE)]
     with mlflow.start_run(run_id=parent):
         return mlflow.pytorch.log_model(
-            served,
-            name="model",
-            signature=infer_signature(example, output),
-            input_example=example,
-            registered_model_name=name,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            params=params,
-            metadata=about,
-            extra_files=None
-            if folder is None
-            else [str(folder / MODEL_FILE), str(folder / SPEC_FILE)],
+            served, signature=infer_signature(example, output), extra_files=extra, **common
         )
 
 

@@ -13,9 +13,9 @@ from reprolab.learn.context import ModelContext
 from reprolab.learn.engine import fit, make_optimizer, predict
 from reprolab.learn.loop import EpochCallback
 from reprolab.learn.objectives import OBJECTIVES
-from reprolab.learn.serving import Served
+from reprolab.learn.serving import SERVED_CODE, Served, answer
 from reprolab.learn.tasks._base import Task, TrialFit, describe_run
-from reprolab.tracking.models import log_final_model
+from reprolab.tracking.models import FromCode, log_final_model
 from reprolab.tracking.runs import flatten, log_test_metrics
 
 
@@ -110,14 +110,16 @@ class SupervisedTask(Task):
 
 def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, weights_md5):
     train_params = flatten("train", ctx.train.model_dump(mode="json"))
+    served = Served(model.to("cpu"), ctx.arch_spec.input_shape, ctx.task).eval()
+    example = val.x[:4].float().cpu().numpy()
     log_final_model(
         ctx,
         best,
         tags,
         history=history,
         logged=logged,
-        served=Served(model.to("cpu"), ctx.arch_spec.input_shape, ctx.task).eval(),
-        example=val.x[:4].float().cpu().numpy(),
+        served=FromCode(SERVED_CODE, answer(served, example, about)),
+        example=example,
         about=about,
         weights_md5=weights_md5,
         params={**train_params, **{k: str(v) for k, v in run_record.items()}},
