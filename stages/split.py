@@ -8,6 +8,7 @@ def main(params, args) -> None:
     from reprolab.core import paths
     from reprolab.data.fetch import load_raw
     from reprolab.data.split import write_splits
+    from reprolab.data.tables import unseen_warnings
 
     imports_done()
 
@@ -23,11 +24,8 @@ def main(params, args) -> None:
         s.official_test,
     )
     print(f"split@{args.kind}: {dataset}: {meta['sizes']}")
-    if "table" in meta:
-        from reprolab.data.tables import unseen_warnings
-
-        for line in unseen_warnings(meta["table"]):
-            print(line)
+    for line in unseen_warnings(meta["table"]) if "table" in meta else []:
+        print(line)
 
 
 if __name__ == "__main__":
