@@ -4,6 +4,10 @@ fresh processes (the caps must be set before torch loads), printed as portable/n
 
     .venv/bin/python bench/numerics.py [ROUNDS] [STEPS] [MODELS]
 
+BENCH_CLOCK=cpu (environment) measures samples per CPU second of the process instead of per
+wall second, with OpenMP threads passive: on a loaded shared machine wall time mostly
+measures the other jobs.
+
 MODELS: the probe's names (default ``cnn,mlp``) or ``pipeline``: every model family of the
 default pipeline as params.yaml builds it (numerics_probe.PIPELINE, digits/diabetes shapes).
 """
@@ -19,11 +23,14 @@ from pathlib import Path
 
 PROBE = Path(__file__).with_name("numerics_probe.py")
 KNOBS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OPENBLAS_CORETYPE")
+CLOCK = os.environ.get("BENCH_CLOCK", "wall")
 PIPELINE = ("mlp", "lenet", "cnn", "alexnet", "resnet18", "tabular_mlp", "dcgan")
 
 
 def samples_per_s(mode: str, steps: int, models: list[str]) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in KNOBS}
+    if CLOCK == "cpu":  # per CPU second of the process, OpenMP not spinning
+        env |= {"PROBE_CLOCK": "cpu", "OMP_WAIT_POLICY": "PASSIVE"}
     cmd = [sys.executable, str(PROBE), "--mode", mode, "--bench", str(steps), "--threads", "2"]
     cmd += ["--models", ",".join(models)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
