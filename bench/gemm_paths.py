@@ -17,8 +17,9 @@ caps (core.numerics.PORTABLE_ENV), its own MKL variables on top:
     python bench/gemm_paths.py --probe ENV (bits|speed)     # one process: one JSON line
 
 Bits: md5 of forward output, input and weight gradients of ``Linear`` at the pipeline's
-shapes (and odd ones), and of an MLP's weights (784-256-128-10, batch 64) after 5 fused-Adam
-steps, per route. Speed: training samples/s of that MLP (2 threads), best of 5 chunks.
+shapes (and odd ones), and of an MLP's weights (784-256-128-10, batch 64; ``--mlp-in 64``:
+the default pipeline's digits MLP) after 5 fused-Adam steps, per route. Speed: training
+samples/s of that MLP (2 threads), per wall and per CPU second, best of 3 chunks.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ MKL_VARS = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE")
 SHAPES = ((64, 784, 256), (64, 256, 128), (64, 128, 10), (64, 400, 120), (32, 12, 64),
           (128, 512, 10), (67, 129, 33))  # fmt: skip
 THREADS = 2
+#: The MLP's input width: 784 (MNIST-sized) or 64 (the default pipeline's digits) with --mlp-in.
+MLP_IN = int(os.environ.get("GEMM_MLP_IN", "784"))
 
 
 def configure(env_name: str) -> None:
@@ -120,7 +123,7 @@ def mlp(route: str):
 
     torch.manual_seed(1234)
     return nn.Sequential(
-        RoutedLinear(784, 256), nn.ReLU(), RoutedLinear(256, 128), nn.ReLU(),
+        RoutedLinear(MLP_IN, 256), nn.ReLU(), RoutedLinear(256, 128), nn.ReLU(),
         RoutedLinear(128, 10),
     )  # fmt: skip
 
@@ -132,7 +135,7 @@ def mlp_trainer(route: str):
     model = mlp(route)
     gen = torch.Generator().manual_seed(99)
     batches = [
-        (torch.randn(64, 784, generator=gen), torch.randint(0, 10, (64,), generator=gen))
+        (torch.randn(64, MLP_IN, generator=gen), torch.randint(0, 10, (64,), generator=gen))
         for _ in range(8)
     ]
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
@@ -275,8 +278,11 @@ def main() -> None:
     parser.add_argument(
         "--envs", default=";".join(list(ENVS)[1:]), help="for bits: names, ;-separated"
     )
+    parser.add_argument("--mlp-in", type=int, help="the MLP's input width (default 784)")
     parser.add_argument("--probe", nargs=2, metavar=("ENV", "WHAT"))
     args = parser.parse_args()
+    if args.mlp_in:  # the probes (child processes) read it from the environment
+        os.environ["GEMM_MLP_IN"] = str(args.mlp_in)
     if args.probe:
         env_name, what = args.probe
         print(json.dumps(probe(env_name, what)))
