@@ -16,6 +16,9 @@ caps (core.numerics.PORTABLE_ENV), its own MKL variables on top:
     python bench/gemm_paths.py bits [--cpus Haswell,EPYC]   # md5 here and under qemu-x86_64
     python bench/gemm_paths.py --probe ENV (bits|speed)     # one process: one JSON line
 
+``--envs "COMPATIBLE;AVX2"`` picks the MKL environments (names of :data:`ENVS`, ;-separated),
+``--mlp-in 64`` the default pipeline's digits MLP instead of the 784-wide one.
+
 Bits: md5 of forward output, input and weight gradients of ``Linear`` at the pipeline's
 shapes (and odd ones), and of an MLP's weights (784-256-128-10, batch 64; ``--mlp-in 64``:
 the default pipeline's digits MLP) after 5 fused-Adam steps, per route. Speed: training
