@@ -14,8 +14,14 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+
+#: The default pipeline's models (params.yaml keys) and their batch sizes.
+PIPELINE = {"mlp": 64, "lenet": 64, "cnn": 64, "alexnet": 64, "resnet18": 128,
+            "tabular_mlp": 32, "dcgan": 64}  # fmt: skip
 
 
 def parse() -> argparse.Namespace:
@@ -47,7 +53,13 @@ def parse() -> argparse.Namespace:
         default=0,
         help="if >0: time this many training steps per model instead",
     )
-    p.add_argument("--models", default="cnn,mlp,tab")
+    p.add_argument(
+        "--models",
+        default="cnn,mlp,tab",
+        help="the probe's own cnn, mlp, tab, or the default pipeline's models as "
+        "params.yaml builds them on digits (1x8x8) and diabetes (10 features): "
+        + ",".join(f"pipeline:{name}" for name in PIPELINE),
+    )
     return p.parse_args()
 
 
@@ -98,6 +110,45 @@ def make_tab() -> nn.Module:
     )
 
 
+def make_pipeline(name: str) -> nn.Module:
+    """The params.yaml model ``name`` as the train stage builds it (digits / diabetes shapes)."""
+    import yaml
+
+    from reprolab.models._base import ModelSpec, build_model
+
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    for group in ("classifiers", "regressors", "generators"):
+        if name in params[group]:
+            entry = params[group][name]
+    tabular = name == "tabular_mlp"
+    shape, n_out = ((10,), 1) if tabular else ((1, 8, 8), 10)
+    spec = ModelSpec(
+        arch=entry["arch"],
+        options=entry.get("options", {}),
+        input_shape=shape,
+        n_outputs=n_out,
+        mean=[0.0] * shape[0],
+        std=[1.0] * shape[0],
+        target_scale=(0.0, 1.0) if tabular else None,
+    )
+    return build_model(spec)
+
+
+def pipeline_batches(name: str, n_batches: int, g: torch.Generator):
+    size = PIPELINE[name]
+    out = []
+    for _ in range(n_batches):
+        if name == "tabular_mlp":
+            x = torch.randn(size, 10, generator=g)
+            out.append((x, x[:, :3].sum(1, keepdim=True)))
+        elif name == "dcgan":
+            out.append((torch.rand(size, 1, 8, 8, generator=g) * 2 - 1, None))
+        else:
+            x = torch.randn(size, 1, 8, 8, generator=g)
+            out.append((x, torch.randint(0, 10, (size,), generator=g)))
+    return out
+
+
 def data(name: str, n_batches: int, g: torch.Generator):
     out = []
     for _ in range(n_batches):
@@ -114,11 +165,29 @@ def data(name: str, n_batches: int, g: torch.Generator):
     return out
 
 
+def gan_step(model: nn.Module, real: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+    model = model[1]  # build_model's Sequential(Standardize, DCGAN)
+    bce = nn.BCEWithLogitsLoss()
+    ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+    noise = torch.randn(len(real), model.latent, 1, 1)
+    fake = model.generator(noise)
+    d_loss = bce(model.discriminator(real), ones) + bce(model.discriminator(fake.detach()), zeros)
+    d_loss.backward()
+    g_loss = bce(model.discriminator(fake), ones)
+    g_loss.backward()
+    opt.step()
+
+
 def train(name: str, steps: int, timed: bool = False) -> tuple[str, float]:
     torch.manual_seed(1234)
-    model = {"cnn": make_cnn, "mlp": make_mlp, "tab": make_tab}[name]()
     g = torch.Generator().manual_seed(99)
-    batches = data(name, min(steps, 30), g)
+    if name.startswith("pipeline:"):
+        name = name.removeprefix("pipeline:")
+        model = make_pipeline(name)
+        batches = pipeline_batches(name, min(steps, 30), g)
+    else:
+        model = {"cnn": make_cnn, "mlp": make_mlp, "tab": make_tab}[name]()
+        batches = data(name, min(steps, 30), g)
     if name == "cnn" and args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         batches = [(x.to(memory_format=torch.channels_last), y) for x, y in batches]
@@ -128,12 +197,15 @@ def train(name: str, steps: int, timed: bool = False) -> tuple[str, float]:
     elif args.adam == "fused":
         kw["fused"] = True
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, **kw)
-    loss_fn = nn.MSELoss() if name == "tab" else nn.CrossEntropyLoss()
+    loss_fn = nn.MSELoss() if name in ("tab", "tabular_mlp") else nn.CrossEntropyLoss()
     model.train()
 
     def step(i: int) -> None:
         x, y = batches[i % len(batches)]
         opt.zero_grad(set_to_none=True)
+        if name == "dcgan":  # one discriminator and one generator update, as a GAN epoch does
+            gan_step(model, x, opt)
+            return
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
@@ -141,11 +213,14 @@ def train(name: str, steps: int, timed: bool = False) -> tuple[str, float]:
     if timed:
         for i in range(5):  # warm-up
             step(i)
-        t0 = time.perf_counter()
+        # CPU time of the process, not wall time, when asked: on a loaded shared machine wall
+        # time measures the other jobs (bench/numerics.py runs OpenMP passive, no spinning).
+        clock = time.process_time if os.environ.get("PROBE_CLOCK") == "cpu" else time.perf_counter
+        t0 = clock()
         for i in range(steps):
             step(i)
-        dt = time.perf_counter() - t0
-        return "", steps * 64 / dt
+        dt = clock() - t0
+        return "", steps * len(batches[0][0]) / dt
     for i in range(steps):
         step(i)
     return sd_hash(model), 0.0
