@@ -12,9 +12,10 @@ pipeline's objective: learn's trial fitter, median pruner) runs with
   the same 1, 2 and 4 workers.
 
 It prints trials per minute (from the first trial's start to the last one's end, so process
-start-up is left out) and each batched run's ratio to the unsynchronised run with as many
-workers. Then the search quality: the best validation loss of the study for the same budget
-with ``tune.batch`` 1 (sequential TPE) and ``--batch``, over ``--seeds`` seeds.
+start-up is left out; the median of ``--rounds`` alternating runs) and the batched workers'
+ratio to as many unsynchronised ones. Then the search quality: the best validation loss of
+the study for the same budget with ``tune.batch`` 1 (sequential TPE) and ``--batch``, over
+``--seeds`` seeds.
 Workers compute with ``threads: 1`` (2 cores here). Not a test: minutes on 2 cores.
 
     PYTHONPATH=src python bench/parallel_tuning.py [--model cnn] [--trials 12] [--batch 4]
@@ -116,11 +117,11 @@ def unsynchronised(study: optuna.Study, db: str, seed: int, ctx: ModelContext) -
 
 def worker(mode: str, raw: dict, model: str, db: str) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the trials' epoch lines)
+    sys.stderr = open(f"{db}.{os.getpid()}.log", "w")  # noqa: SIM115 (the epoch lines)
     ctx = ModelContext(validate_params(raw), model)
-    storage = RDBStorage(f"sqlite:///{db}", engine_kwargs={"connect_args": {"timeout": 60}})
     seed = sampler_seed(ctx.params.seed, ctx.name)
-    with file_lock(f"{db}.lock"):
+    with file_lock(f"{db}.lock"):  # workers creating the tables at once would race
+        storage = RDBStorage(f"sqlite:///{db}", engine_kwargs={"connect_args": {"timeout": 60}})
         study = open_study("bench", seed, ctx.tune, storage)
     if mode == "batched":
         claim = lambda: file_lock(f"{db}.lock")  # noqa: E731
@@ -136,7 +137,9 @@ def run(mode: str, workers: int, raw: dict, model: str, db: Path) -> dict:
         p.start()
     for p in procs:
         p.join()
-        assert p.exitcode == 0, (mode, workers, p.exitcode)
+        if p.exitcode != 0:
+            log = Path(f"{db}.{p.pid}.log").read_text()[-3000:]
+            raise SystemExit(f"{mode} worker of {workers} exited {p.exitcode}:\n{log}")
     study = optuna.load_study(study_name="bench", storage=f"sqlite:///{db}")
     trials = study.get_trials(states=FINISHED)
     span = max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
@@ -164,6 +167,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=3, help="studies per batch size")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput runs per setting")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-parallel-tuning-") as scratch:
         os.chdir(scratch)
