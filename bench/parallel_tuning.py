@@ -42,6 +42,7 @@ from reprolab.core import numerics  # noqa: E402
 numerics.apply("portable")  # as every stage: before torch loads (spawned workers too)
 
 import optuna  # noqa: E402
+from _trials import objective_of  # noqa: E402 (bench/, beside this script)
 from optuna.storages import RDBStorage  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
@@ -51,7 +52,6 @@ from reprolab.core.params import validate_params  # noqa: E402
 from reprolab.data.fetch import fetch_dataset, load_raw  # noqa: E402
 from reprolab.data.split import write_splits  # noqa: E402
 from reprolab.learn.context import ModelContext  # noqa: E402
-from reprolab.learn.tasks import get_task  # noqa: E402
 from reprolab.tuning.batches import FINISHED  # noqa: E402
 from reprolab.tuning.pruners import make_pruner  # noqa: E402
 from reprolab.tuning.worker import open_study, run_budget, sampler_seed  # noqa: E402
@@ -67,26 +67,6 @@ def params_for(model: str, trials: int, batch: int, seed: int) -> dict:
     raw["classifiers"] = {model: raw["classifiers"][model]}
     raw["regressors"], raw["generators"] = {}, {}
     return raw
-
-
-def objective_of(ctx: ModelContext):
-    fit_trial = get_task(ctx.task).trial_fitter(ctx)
-    tune = ctx.tune
-
-    def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", tune.lr.low, tune.lr.high, log=True)
-        wd = trial.suggest_float(
-            "weight_decay", tune.weight_decay.low, tune.weight_decay.high, log=True
-        )
-
-        def report(epoch: int, row: dict[str, float]) -> None:
-            trial.report(row["val_loss"], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        return fit_trial(lr, wd, report, f"trial {trial.number}")[0]
-
-    return objective
 
 
 def unsynchronised(study: optuna.Study, db: str, seed: int, ctx: ModelContext) -> None:

@@ -33,6 +33,7 @@ from reprolab.core import numerics  # noqa: E402
 numerics.apply("portable")  # as every stage: before torch loads
 
 import optuna  # noqa: E402
+from _trials import objective_of  # noqa: E402 (bench/, beside this script)
 from optuna.storages import RDBStorage  # noqa: E402
 
 from reprolab.core import paths  # noqa: E402
@@ -43,7 +44,6 @@ from reprolab.data.split import write_splits  # noqa: E402
 from reprolab.learn.context import ModelContext  # noqa: E402
 from reprolab.learn.engine import fit, make_optimizer, predict  # noqa: E402
 from reprolab.learn.objectives import OBJECTIVES  # noqa: E402
-from reprolab.learn.tasks import get_task  # noqa: E402
 from reprolab.tuning.worker import open_study, run_budget, sampler_seed  # noqa: E402
 
 PRUNERS = ("median", "successive_halving", "hyperband")
@@ -96,22 +96,7 @@ def prepare(dataset: str, mirror: str | None) -> None:
 
 def run_study(ctx: ModelContext, db: Path) -> list[dict]:
     """The model's study with ``ctx.tune``'s pruner; one row per finished trial, in order."""
-    fit_trial = get_task(ctx.task).trial_fitter(ctx)
-    tune = ctx.tune
-
-    def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", tune.lr.low, tune.lr.high, log=True)
-        wd = trial.suggest_float(
-            "weight_decay", tune.weight_decay.low, tune.weight_decay.high, log=True
-        )
-
-        def report(epoch: int, row: dict[str, float]) -> None:
-            trial.report(row["val_loss"], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        return fit_trial(lr, wd, report, f"trial {trial.number}")[0]
-
+    tune, objective = ctx.tune, objective_of(ctx)
     storage = RDBStorage(f"sqlite:///{db}")
     seed = sampler_seed(ctx.params.seed, ctx.name)
     study = open_study(ctx.name, seed, tune, storage)

@@ -353,3 +353,41 @@ def digits_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     raw = load_raw("digits", paths.RAW / "digits")
     write_splits(raw, paths.splits_dir("image"), 0.15, 0.15, seed=0)
     return tmp_path
+
+
+def log_toy_version(folder: Path, name: str, spec, about: dict, example, logged: dict):
+    """A tiny model saved as the train stage saves it and registered as ``toy-<name>`` with
+    the pipeline's own functions (into the current MLflow store); returns the model."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from reprolab.learn.checkpoints import save_model
+    from reprolab.learn.serving import SERVED_CODE, Served, answer
+    from reprolab.models._base import build_model
+    from reprolab.tracking.models import FromCode, log_final_model
+
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    md5 = save_model(model, spec, folder, {"study": "s", "model": name, **about})
+    served = Served(model, spec.input_shape, about["task"]).eval()
+    ctx = SimpleNamespace(
+        dataset="toy",
+        group="classifiers",
+        name=name,
+        device=torch.device("cpu"),
+        spec=SimpleNamespace(model_dump=lambda mode: {"arch": spec.arch}),
+    )
+    log_final_model(
+        ctx,
+        {"study": "s"},
+        {},
+        history=[],
+        logged=logged,
+        served=FromCode(SERVED_CODE, answer(served, example, about)),
+        example=example,
+        about=about,
+        weights_md5=md5,
+        folder=folder,
+    )
+    return model

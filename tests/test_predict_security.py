@@ -13,12 +13,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import log_toy_version
 
 from reprolab.cli import main
 from reprolab.learn.checkpoints import save_model
-from reprolab.learn.serving import SERVED_CODE, Served, answer
 from reprolab.models._base import ModelSpec, build_model
-from reprolab.tracking.models import FromCode, log_final_model
 
 ABOUT = {"task": "classification", "classes": ["a", "b", "c"], "input_max": 16.0}
 
@@ -114,31 +113,8 @@ def _log_pickled_weights(marker: Path, folder: Path) -> None:
 def _log_genuine(folder: Path) -> torch.nn.Module:
     """A tiny classifier saved and logged with the pipeline's own functions."""
     spec = ModelSpec("mlp", {"hidden": [4], "dropout": 0.0}, (1, 8, 8), 3, [4.0], [5.0])
-    torch.manual_seed(0)
-    model = build_model(spec).eval()
-    md5 = save_model(model, spec, folder, {"study": "s", "model": "mlp", **ABOUT})
     example = np.arange(2 * 64, dtype=np.float32).reshape(2, 1, 8, 8) % 17
-    served = Served(model, spec.input_shape, "classification").eval()
-    ctx = SimpleNamespace(
-        dataset="toy",
-        group="classifiers",
-        name="mlp",
-        device=torch.device("cpu"),
-        spec=SimpleNamespace(model_dump=lambda mode: {"arch": "mlp"}),
-    )
-    log_final_model(
-        ctx,
-        {"study": "s"},
-        {},
-        history=[],
-        logged={"val_accuracy": 1.0},
-        served=FromCode(SERVED_CODE, answer(served, example, ABOUT)),
-        example=example,
-        about=ABOUT,
-        weights_md5=md5,
-        folder=folder,
-    )
-    return model
+    return log_toy_version(folder, "mlp", spec, ABOUT, example, logged={"val_accuracy": 1.0})
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import BIN, free_port, server
+from conftest import BIN, free_port, log_toy_version, server
 
 from reprolab.cli import main
-from reprolab.learn.checkpoints import save_model
-from reprolab.learn.serving import SERVED_CODE, Served, answer
-from reprolab.models._base import ModelSpec, build_model
-from reprolab.tracking.models import FromCode, log_final_model
+from reprolab.models._base import ModelSpec
 
 CLASSES = ["cat", "dog", "emu"]
 CLASSIFIER = {"task": "classification", "classes": CLASSES, "input_max": 16.0}
@@ -33,31 +30,7 @@ REGRESSOR = {
 
 
 def _log(folder: Path, name: str, spec: ModelSpec, about: dict, example: np.ndarray):
-    """Saved as the train stage saves it and registered as ``toy-<name>`` as it does."""
-    torch.manual_seed(0)
-    model = build_model(spec).eval()
-    md5 = save_model(model, spec, folder, {"study": "s", "model": name, **about})
-    served = Served(model, spec.input_shape, about["task"]).eval()
-    ctx = SimpleNamespace(
-        dataset="toy",
-        group="classifiers",
-        name=name,
-        device=torch.device("cpu"),
-        spec=SimpleNamespace(model_dump=lambda mode: {"arch": spec.arch}),
-    )
-    log_final_model(
-        ctx,
-        {"study": "s"},
-        {},
-        history=[],
-        logged={"val_loss": 1.0},
-        served=FromCode(SERVED_CODE, answer(served, example, about)),
-        example=example,
-        about=about,
-        weights_md5=md5,
-        folder=folder,
-    )
-    return model
+    return log_toy_version(folder, name, spec, about, example, logged={"val_loss": 1.0})
 
 
 @pytest.fixture(scope="module")
