@@ -208,28 +208,69 @@ def tiny_repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "repo", TINY_PARAMS, TINY_MODELS)
 
 
-@pytest.fixture(scope="session")
-def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One real `dvc repro` of the TINY pipeline, shared by every module that only reads it
-    (a test that changes params works on ``copy_repo`` of it). Under pytest-xdist the first
-    worker to need it runs it, once, and every worker reads its own copy (the tests run dvc
-    in it, and two processes would compete for the repo's lock)."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS, TINY_MODELS)
-        return {"repo": repo, "first": run(["dvc", "repro"], repo)}
+def _build_tiny_pipeline(shared: Path) -> Path:
+    """Run the TINY pipeline once in ``shared`` (whichever process comes first; the others
+    wait on the lock); return the record of its first `dvc repro`."""
     from reprolab.core.io import file_lock
 
-    shared = tmp_path_factory.getbasetemp().parent / "tiny-pipeline"
     done = shared / "first.json"
     with file_lock(f"{shared}.lock"):
         if not done.exists():
             first = run(["dvc", "repro"], make_repo(shared / "repo", TINY_PARAMS, TINY_MODELS))
             record = {k: getattr(first, k) for k in ("args", "stdout", "stderr")}
             done.write_text(json.dumps(record))
+    return done
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real `dvc repro` of the TINY pipeline, shared by every module that only reads it
+    (a test that changes params works on ``copy_repo`` of it). Under pytest-xdist it runs
+    once for all workers (started by the controller with the session, see pytest_configure)
+    and every worker reads its own copy (the tests run dvc in it, and two processes would
+    compete for the repo's lock)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        repo = make_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS, TINY_MODELS)
+        return {"repo": repo, "first": run(["dvc", "repro"], repo)}
+    shared = tmp_path_factory.getbasetemp().parent / "tiny-pipeline"
+    done = _build_tiny_pipeline(shared)
     first = subprocess.CompletedProcess(returncode=0, **json.loads(done.read_text()))
     repo = copy_repo(shared / "repo", tmp_path_factory.mktemp("e2e") / "repo")
     relocate_store(repo, shared / "repo")
     return {"repo": repo, "first": first}
+
+
+_BUILDING: list = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """The xdist controller of a whole-suite run starts the tiny pipeline at once, in a
+    thread, so that the workers find it built (or half built) when a test first needs it,
+    instead of one of them building it while the other waits."""
+    import threading
+
+    whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS and not (
+        config.option.keyword or config.option.markexpr
+    )
+    controller = getattr(config, "workerinput", None) is None
+    if controller and whole_suite and getattr(config.option, "numprocesses", None):
+        shared = config._tmp_path_factory.getbasetemp() / "tiny-pipeline"
+        thread = threading.Thread(target=_build_tiny_pipeline, args=(shared,), daemon=True)
+        thread.start()
+        _BUILDING.append(thread)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for thread in _BUILDING:  # no build left running after the session
+        thread.join()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files whose tests need the tiny pipeline last, so that xdist's workers start with the
+    others while it is being built."""
+    needs = {item.path for item in items if "tiny_pipeline" in item.fixturenames}
+    items.sort(key=lambda item: item.path in needs)
 
 
 def relocate_store(repo: Path, built_in: Path) -> None:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 N_TRIALS = 6
 # Parallel studies: two batches of 3 trials, whatever the workers.
-PARALLEL = {"n_trials": N_TRIALS, "epochs": 6, "batch": 3}
+PARALLEL = {"n_trials": N_TRIALS, "epochs": 4, "batch": 3}
 OUTPUTS = ["models/mlp/best_params.json", "plots/trials/mlp.tsv"]
 
 

@@ -1,15 +1,14 @@
-"""MLflow wiring: one experiment per dataset, one parent run per model and study,
-a nested run per Optuna trial, the final model logged and registered.
-
-The parent run is found again by its tags, so the tune, train and evaluate stages (separate
-processes) all log into it without any run id in a DVC-tracked file.
-"""
+"""MLflow wiring: one experiment per dataset, one parent run per model and study, a nested
+run per Optuna trial, the final model logged and registered. The parent run is found again by
+its tags, so the tune, train and evaluate stages (separate processes) all log into it without
+any run id in a DVC-tracked file."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
 import socket
 import subprocess
 import time
@@ -180,13 +179,20 @@ class Tracker:
         params: Mapping[str, Any] | None = None,
         step: int = 0,
     ) -> None:
-        """One batched call: metrics at ``step`` and params."""
+        """One batched call: metrics at ``step`` and params (retried if another workspace
+        inserted one of the params of a shared run at the same moment: it finds it then)."""
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
-            params=[Param(k, str(v)) for k, v in (params or {}).items()],
-        )
+        for attempt in range(3):
+            try:
+                return self.client.log_batch(
+                    run_id,
+                    metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
+                    params=[Param(k, str(v)) for k, v in (params or {}).items()],
+                )
+            except mlflow.exceptions.MlflowException as err:  # params go in before metrics
+                if attempt == 2 or not re.search(r"duplicate key|UNIQUE constraint", str(err)):
+                    raise
+                time.sleep(0.1)
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
