@@ -236,7 +236,10 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     done = _build_tiny_pipeline(shared)
     first = subprocess.CompletedProcess(returncode=0, **json.loads(done.read_text()))
     repo = copy_repo(shared / "repo", tmp_path_factory.mktemp("e2e") / "repo")
-    relocate_store(repo, shared / "repo")
+    # Its MLflow store as if the pipeline had run here (the stages' own repair of a copy).
+    from reprolab.tracking.store import repair_moved_store
+
+    repair_moved_store(f"sqlite:///{repo / 'mlflow.db'}")
     return {"repo": repo, "first": first}
 
 
@@ -271,22 +274,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     others while it is being built."""
     needs = {item.path for item in items if "tiny_pipeline" in item.fixturenames}
     items.sort(key=lambda item: item.path in needs)
-
-
-def relocate_store(repo: Path, built_in: Path) -> None:
-    """The copy's MLflow store as if the pipeline had run in ``repo``: the artifact paths it
-    records (experiments, runs, logged models, versions) name ``repo``, not ``built_in``."""
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(repo / "mlflow.db")) as db, db:
-        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for column in db.execute(f"PRAGMA table_info({table})").fetchall():
-                if "CHAR" in column[2].upper() or "TEXT" in column[2].upper():
-                    db.execute(
-                        f"UPDATE {table} SET {column[1]} = replace({column[1]}, ?, ?)",
-                        (str(built_in), str(repo)),
-                    )
 
 
 def copy_repo(repo: Path, dest: Path) -> Path:
