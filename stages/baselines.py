@@ -16,7 +16,7 @@ def main(params, args) -> None:
         select_baselines,
         write_selection,
     )
-    from reprolab.tracking.runs import stage_tags
+    from reprolab.tracking.tags import stage_tags
 
     imports_done()
 
@@ -36,6 +36,7 @@ def main(params, args) -> None:
     log_baselines(
         dataset,
         identity,
+        f"baselines@{args.kind}",
         {s.name: {f"val_{k}": v for k, v in s.val.items()} for s in selected},
         stage_tags("cpu", params),
         params={s.name: {s.hyperparameter: s.value} for s in selected},

@@ -6,7 +6,7 @@ from reprolab.core.stage import imports_done, run_stage
 
 def main(params, args) -> None:
     from reprolab.learn.tasks import get_task
-    from reprolab.tracking.runs import stage_tags
+    from reprolab.tracking.tags import stage_tags
 
     task = get_task(params.task_of(args.model))  # imports the task's modules
     imports_done()

@@ -11,7 +11,7 @@ def main(params, args) -> None:
     from reprolab.core.kinds import kind_task
     from reprolab.learn.baselines import FILE, evaluate_baselines, log_baselines
     from reprolab.learn.tensors import load_meta
-    from reprolab.tracking.runs import stage_tags
+    from reprolab.tracking.tags import stage_tags
 
     imports_done()
 
@@ -28,7 +28,7 @@ def main(params, args) -> None:
     }
     dataset = getattr(params.datasets, args.kind)
     tags = stage_tags("cpu", params)
-    log_baselines(dataset, md5_file(folder / FILE), logged, tags)
+    log_baselines(dataset, md5_file(folder / FILE), f"evaluate_baselines@{args.kind}", logged, tags)
     for name, metrics in results.items():
         shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
         print(f"evaluate_baselines@{args.kind}: {name} test {shown}")

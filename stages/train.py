@@ -8,7 +8,8 @@ def main(params, args) -> None:
     from reprolab.learn import distributed
     from reprolab.learn.checkpoints import read_best_params
     from reprolab.learn.tasks import get_task
-    from reprolab.tracking.runs import stage_tags
+    from reprolab.tracking.runs import stage_execution
+    from reprolab.tracking.tags import stage_tags
 
     task = get_task(params.task_of(args.model))  # imports the task's modules
     imports_done()
@@ -20,6 +21,8 @@ def main(params, args) -> None:
         tuned_by = paths.stage_name("tune", ctx.group, args.model)
         best = read_best_params(paths.model_dir(args.model), tuned_by)
         tags = stage_tags(ctx.device.type, params, ctx.data_files(("train", "val")))
+        if distributed.is_main():  # this execution's MLflow run, from its start (rank 0's)
+            stage_execution(ctx, "train", best["study"], tags)
         metrics = task.train_final(ctx, best, tags)
     finally:
         distributed.shutdown()

@@ -7,7 +7,7 @@ from reprolab.core.stage import imports_done, run_stage
 def main(params, args) -> None:
     from reprolab.core import paths
     from reprolab.core.io import write_json, write_tsv
-    from reprolab.tracking.runs import stage_tags
+    from reprolab.tracking.tags import stage_tags
     from reprolab.tuning.worker import model_context, tune_model
 
     imports_done()

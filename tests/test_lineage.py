@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from reprolab.core.params import validate_params
 from reprolab.tracking.lineage import code_diff
-from reprolab.tracking.runs import Tracker, stage_tags
+from reprolab.tracking.runs import Tracker, execution
+from reprolab.tracking.tags import stage_tags
 
 
 def _git_repo(path: Path) -> None:
@@ -136,8 +137,8 @@ def test_a_sigtermed_stage_ends_its_runs_as_killed_in_one_line(
     opened = []
 
     def body(params, args) -> None:
-        tracker = Tracker("digits", "mlp", "study-sigterm")
-        opened.append(tracker.parent_run_id({}))
+        tracker = execution("digits", "mlp", "study-sigterm", "tune@mlp", {})
+        opened.extend([tracker.run_id, tracker.parent])
         # Without the stage's handler SIGTERM would end this test process itself.
         assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "no handler"
         os.kill(os.getpid(), signal.SIGTERM)
@@ -149,7 +150,8 @@ def test_a_sigtermed_stage_ends_its_runs_as_killed_in_one_line(
     assert str(exited.value) == (
         "tune.py: terminated (SIGTERM); no output was replaced (writes are atomic)"
     )
-    run = MlflowClient().get_run(opened[0])
-    assert run.info.status == "KILLED"
-    assert run.data.tags["reprolab.failure"] == "terminated (SIGTERM)"
+    for run_id in opened:  # this execution's run, and its parent while it ran
+        run = MlflowClient().get_run(run_id)
+        assert run.info.status == "KILLED"
+        assert run.data.tags["reprolab.failure"] == "terminated (SIGTERM)"
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the stage's only

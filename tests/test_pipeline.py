@@ -156,7 +156,17 @@ def test_mlflow_store_holds_parents_trials_and_registered_models(pipeline: dict)
     )
     for parent in parents:
         model = parent.data.tags["reprolab.model"]
-        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        # A run per stage execution under the parent, the tune run's trials under it.
+        executions = {
+            r.data.tags["reprolab.stage"].split("@")[0]: r
+            for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        }
+        suffix = "_generator" if model in GENERATORS else ""
+        assert set(executions) == {f"{s}{suffix}" for s in ("tune", "train", "evaluate")}
+        assert all(r.info.status == "FINISHED" for r in executions.values())
+        tune = executions[f"tune{suffix}"].info.run_id
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == tune]
         budget = TINY_PARAMS["generators"].get(model, {}).get("budget", TINY_PARAMS["tune"])
         assert len(children) == budget["n_trials"]
         for child in children:
@@ -178,6 +188,12 @@ def test_mlflow_store_holds_parents_trials_and_registered_models(pipeline: dict)
     for baseline in baselines:  # each stage ends the run it logs into: none left RUNNING
         assert baseline.info.status == "FINISHED"
         assert {"val_accuracy", "test_accuracy"} <= set(baseline.data.metrics)
+        stages = {
+            r.data.tags["reprolab.stage"]
+            for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == baseline.info.run_id
+        }
+        assert stages == {"baselines@image", "evaluate_baselines@image"}
     versions = client.search_model_versions("name = 'digits-mlp'")
     assert len(versions) == 1 and versions[0].tags["git_sha"]
     # A classifier's version is a pyfunc from code: class name, index, a probability per class.

@@ -127,8 +127,17 @@ def test_two_queued_experiments_run_in_parallel_into_exp_show_and_mlflow(
     for size in BATCH_SIZES:
         parent = by_size[str(size)]  # a new study per experiment, tuned, trained, evaluated
         assert {"best_val_loss", "val_accuracy", "test_accuracy"} <= set(parent.data.metrics)
-        trials = client.search_runs(
+        executions = client.search_runs(
             [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+        assert sorted(r.info.run_name for r in executions) == [
+            "evaluate@mlp #1",
+            "train@mlp #1",
+            "tune@mlp #1",
+        ]
+        tune = next(r for r in executions if r.info.run_name == "tune@mlp #1")
+        trials = client.search_runs(
+            [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{tune.info.run_id}'"
         )
         assert len(trials) == BUDGET["n_trials"]
     assert len(client.search_model_versions("name = 'digits-mlp'")) == 1 + len(BATCH_SIZES)

@@ -139,10 +139,15 @@ def check_exact_parallel_study(repo: Path, storage: str, n_trials: int) -> optun
     parents = [r for r in runs if r.data.tags.get("reprolab.study") == study.study_name]
     parents = [r for r in parents if r.data.tags.get("reprolab.role") == "model"]
     assert len(parents) == 1, "parallel workers created more than one parent run"
-    children = {
-        r.info.run_id: r
+    # Each trial's run nests under the run of the execution (stage or tune-worker) that ran it.
+    executions = {
+        r.info.run_id
         for r in runs
         if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+        and r.data.tags.get("reprolab.role") == "execution"
+    }
+    children = {
+        r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") in executions
     }
     for trial in finished(study):
         child = children[trial.user_attrs["mlflow_run_id"]]

@@ -12,6 +12,7 @@ from reprolab.core.errors import ParamsError, ReprolabError
 from reprolab.core.numerics import require_cpu_for
 from reprolab.core.params import load_params
 from reprolab.core.schema import GROUPS
+from reprolab.core.stage import record_failure, store_fault
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -180,17 +181,19 @@ def tune_worker(args: argparse.Namespace) -> None:
     regressor) first."""
     params = _load(args, args.model)
     # After _load: torch loads with the numerics mode's CPU kernel caps in place.
-    from reprolab.tracking.runs import stage_tags
+    from reprolab.tracking.tags import stage_tags
     from reprolab.tuning.identity import study_name
     from reprolab.tuning.storage import storage_url
-    from reprolab.tuning.worker import model_context, run_worker
+    from reprolab.tuning.worker import model_context, run_worker, start_tuning
 
     ctx = model_context(params, args.model)
     tags = stage_tags(ctx.device.type, params, ctx.data_files(("train", "val")))
     name = study_name(ctx)
     url = storage_url(ctx.tune.storage)
     print(f"tune-worker {args.model}: study {name} in {url.split('@')[-1]}", flush=True)
-    ran = run_worker(ctx, tags)
+    tracker = start_tuning(ctx, f"tune-worker@{args.model}", tags)  # this run's own MLflow run
+    ran = run_worker(ctx, tracker, tags)
+    tracker.finish_execution({"trials_run": ran})
     print(f"tune-worker {args.model}: ran {ran} trial(s); the study has its {ctx.tune.n_trials}")
 
 
@@ -280,14 +283,12 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ReprolabError as err:
-        sys.exit(f"error: {err}")
     except KeyboardInterrupt:
+        record_failure("KILLED", "interrupted (Ctrl-C)")  # a command's MLflow runs: KILLED
         sys.exit(f"reprolab {args.command}: interrupted")
-    except Exception as err:  # an MLflow or Optuna store's fault: one line; else a bug
-        from reprolab.core.stage import store_fault
-
-        known = store_fault(err)
+    except Exception as err:  # ours, or an MLflow or Optuna store's fault: one line; else a bug
+        known = str(err) if isinstance(err, ReprolabError) else store_fault(err)
+        record_failure("FAILED", known or f"{type(err).__name__}: {err}")
         if known is None:
             raise
         sys.exit(f"error: {known}")

@@ -55,12 +55,12 @@ def run_stage(
         )
         body(params, args)
     except ReprolabError as err:
-        _failed("FAILED", str(err))
+        record_failure("FAILED", str(err))
         sys.exit(f"error: {err}")
     except OSError as err:  # the machine's fault: disk full, read-only or forbidden folder
         where = f"{cut(str(err.filename), 120)}: " if err.filename else ""
         message = f"{where}{err.strerror or err}"
-        _failed("FAILED", message)
+        record_failure("FAILED", message)
         if isinstance(err, FileNotFoundError):
             sys.exit(f"error: {message}; run `dvc repro` (or `dvc pull`) to produce it")
         if err.errno == errno.ENAMETOOLONG:
@@ -68,11 +68,11 @@ def run_stage(
         sys.exit(f"error: {message}; free space or fix the permissions, then rerun the stage")
     except KeyboardInterrupt as err:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted (Ctrl-C)"
-        _failed("KILLED", how)
+        record_failure("KILLED", how)
         sys.exit(f"{parser.prog}: {how}; no output was replaced (writes are atomic)")
     except BaseException as err:
         known = store_fault(err)
-        _failed("FAILED", known or f"{type(err).__name__}: {err}")
+        record_failure("FAILED", known or f"{type(err).__name__}: {err}")
         if known is None:
             raise  # a bug: keep its traceback
         sys.exit(f"error: {known}")
@@ -130,7 +130,8 @@ def _root_cause(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _failed(status: str, reason: str) -> None:
+def record_failure(status: str, reason: str) -> None:
+    """Run FAILURE_HOOKS (a stage's, or a `reprolab` command's, that failed or was stopped)."""
     for hook in FAILURE_HOOKS:
         try:
             hook(status, reason)

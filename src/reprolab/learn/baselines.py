@@ -225,31 +225,22 @@ def evaluate_baselines(folder: Path, test: dict, task: str, meta: dict) -> dict[
 def log_baselines(
     dataset: str,
     identity: str,
+    stage: str,
     metrics: dict[str, dict[str, float]],
     tags: dict[str, str],
     params: dict[str, dict] | None = None,
 ) -> None:
-    """One MLflow run per baseline in the dataset's experiment (role ``baseline``), found
-    again by tags: the baselines stage logs its choice and val metrics, the evaluate stage
-    the test metrics; each ends it (FINISHED), so a run is never left RUNNING when DVC skips
-    the evaluate stage. ``identity`` (the skops file's md5) ties the two."""
-    from reprolab.tracking.runs import TAG_MODEL, TAG_ROLE, TAG_STUDY, Tracker
+    """Per baseline, this execution of ``stage`` (baselines, evaluate_baselines) as its own
+    MLflow run, nested under the baseline's parent run (role ``baseline``) in the dataset's
+    experiment, found again by tags: ``identity`` (the skops file's md5) ties the stages.
+    The parent shows each execution's metrics (val, then test) as its summary."""
+    from reprolab.tracking.runs import Tracker
 
     for name, values in metrics.items():
-        tracker = Tracker(dataset, name, identity)
-        query = (
-            f"tags.`{TAG_ROLE}` = 'baseline' and tags.`{TAG_MODEL}` = '{name}'"
-            f" and tags.`{TAG_STUDY}` = '{identity}'"
-        )
-        runs = tracker.client.search_runs([tracker.experiment_id], query, max_results=1)
-        if runs:
-            run_id = runs[0].info.run_id
-        else:
-            run_id = tracker.client.create_run(
-                tracker.experiment_id,
-                run_name=f"baseline {name}",
-                tags={TAG_MODEL: name, TAG_STUDY: identity, TAG_ROLE: "baseline"},
-            ).info.run_id
-        tracker.set_tags(run_id, tags)
-        tracker.log(run_id, metrics=values, params=(params or {}).get(name, {}))
-        tracker.end(run_id)
+        tracker = Tracker(dataset, name, identity, role="baseline")
+        tracker.start_execution(stage, tags)
+        chosen = (params or {}).get(name, {})
+        for run_id in (tracker.run_id, tracker.parent):
+            tracker.log(run_id, params=chosen)
+        tracker.log(tracker.run_id, metrics=values)
+        tracker.finish_execution(values)

@@ -12,7 +12,8 @@ import subprocess
 from reprolab.core import paths
 from reprolab.core.schema import Params
 from reprolab.tracking.lineage import code_diff
-from reprolab.tracking.runs import experiment_name, git_sha, parent_run
+from reprolab.tracking.runs import experiment_name, parent_run
+from reprolab.tracking.tags import git_sha
 
 UI = "http://127.0.0.1:5000"  # `make ui`'s default (UI_PORT)
 

@@ -15,10 +15,11 @@ from mlflow.tracking import MlflowClient
 
 from reprolab.core.paths import MODEL_FILE, SPEC_FILE
 from reprolab.tracking.lineage import code_diff
-from reprolab.tracking.runs import Tracker, store_lock, verifying, workspace_id
+from reprolab.tracking.runs import stage_execution, store_lock, verifying
+from reprolab.tracking.tags import workspace_id
 
-# On a parent run: the registered version (``models:/<name>/<version>``) its weights are,
-# whether this run registered it or an earlier run with the same weights did.
+# On a train run and its parent: the registered version (``models:/<name>/<version>``) its
+# weights are, whether this run registered it or an earlier run with the same weights did.
 VERSION_TAG = "reprolab.model_version"
 
 
@@ -55,8 +56,9 @@ def log_final_model(
     version_tags: dict[str, str] | None = None,
     folder: Path | None = None,
 ) -> None:
-    """On the model's parent run: the final epochs (``final.*``), the final metrics, and the
-    served model logged with signature and registered as ``<dataset>-<model>``, its version
+    """On the train execution's run (the stage started it; else it starts here): the final
+    epochs (``final.*``), the final metrics (the parent's summary too), and the served
+    model logged with signature and registered as ``<dataset>-<model>``, its version
     tagged with git sha, data md5s, params hash, device and the weights' md5.
 
     Weights the registry already holds (a version of that name tagged with the same
@@ -67,17 +69,18 @@ def log_final_model(
     (a FromCode pyfunc's ``artifacts/``, a module's ``extra_files/``), so `reprolab predict`
     rebuilds the network from them (weights_only) and never loads what `mlflow models serve`
     runs."""
-    tracker = Tracker(ctx.dataset, ctx.name, best["study"])
-    parent = tracker.parent_run_id(tags)
+    tracker = stage_execution(ctx, "train", best["study"], tags)
+    run = tracker.run_id
     for row in history:
         tracker.log(
-            parent,
+            run,
             metrics={f"final.{k}": v for k, v in row.items() if k != "epoch"},
             step=int(row["epoch"]),
         )
-    tracker.log(parent, metrics=logged)
+    tracker.log(run, metrics=logged)
     if verifying():  # logged for comparison, never registered (the registry is the workspace's)
-        _log_model(parent, served, example, None, about, params, folder)
+        _log_model(run, served, example, None, about, params, folder)
+        tracker.finish_execution(logged)
         return
     name = registered_name(ctx.dataset, ctx.name)
     # Looked up and registered under the store's lock, so that two runs training the same
@@ -86,7 +89,7 @@ def log_final_model(
     with store_lock():
         version = registered_version(tracker.client, name, weights_md5)
         if version is None:
-            info = _log_model(parent, served, example, None, about, params, folder)
+            info = _log_model(run, served, example, None, about, params, folder)
             all_tags = {
                 "git_sha": tags.get("reprolab.git_sha", "unknown"),
                 "data_md5": ",".join(f"{k}={v}" for k, v in tags.items() if "data_md5" in k),
@@ -100,7 +103,9 @@ def log_final_model(
                 **(version_tags or {}),
             }
             version = _register(tracker.client, info.model_uri, name, all_tags)
-    tracker.set_tags(parent, {VERSION_TAG: f"models:/{name}/{version}"})
+    for run_id in (run, tracker.parent):
+        tracker.set_tags(run_id, {VERSION_TAG: f"models:/{name}/{version}"})
+    tracker.finish_execution(logged)
 
 
 def _register(client: MlflowClient, model_uri: str, name: str, tags: dict[str, str]) -> str:
@@ -117,8 +122,8 @@ def _register(client: MlflowClient, model_uri: str, name: str, tags: dict[str, s
     return str(oldest)
 
 
-def _log_model(parent, served, example, name, about, params, folder):
-    """The served model on the parent run, with its signature; registered as ``name``
+def _log_model(run, served, example, name, about, params, folder):
+    """The served model on the train run, with its signature; registered as ``name``
     (None: not registered)."""
     import torch
     from mlflow.models import infer_signature
@@ -128,7 +133,7 @@ def _log_model(parent, served, example, name, about, params, folder):
     common |= {"params": params, "metadata": about, "pip_requirements": requirements}
     if isinstance(served, FromCode):
         files = {f: str(folder / f) for f in (MODEL_FILE, SPEC_FILE)}
-        with mlflow.start_run(run_id=parent):
+        with mlflow.start_run(run_id=run):
             return mlflow.pyfunc.log_model(
                 python_model=str(served.code),
                 artifacts=files,
@@ -138,7 +143,7 @@ def _log_model(parent, served, example, name, about, params, folder):
     with torch.no_grad():
         output = served(torch.from_numpy(example)).numpy()
     extra = None if folder is None else [str(folder / MODEL_FILE), str(folder / SPEC_FILE)]
-    with mlflow.start_run(run_id=parent):
+    with mlflow.start_run(run_id=run):
         return mlflow.pytorch.log_model(
             served, signature=infer_signature(example, output), extra_files=extra, **common
         )

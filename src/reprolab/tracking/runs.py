@@ -1,7 +1,9 @@
-"""MLflow wiring: one experiment per dataset, one parent run per model and study, a nested
-run per Optuna trial, the final model logged and registered. The parent run is found again by
-its tags, so the tune, train and evaluate stages (separate processes) all log into it without
-any run id in a DVC-tracked file."""
+"""MLflow wiring: one experiment per dataset; per model and study a parent run that groups
+the model's runs, and under it a run per stage execution (tune, train, evaluate: each rerun
+its own run, so the UI compares them; a Ctrl-C or SIGTERM ends it KILLED), a tune run's
+trials nested under it. The parent run is found again by its tags, so the stages (separate
+processes) all group under it without any run id in a DVC-tracked file; it shows each
+execution's summary figures (step = the execution's number) and its latest status."""
 
 from __future__ import annotations
 
@@ -9,11 +11,8 @@ import contextlib
 import logging
 import os
 import re
-import socket
-import subprocess
 import time
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import mlflow
@@ -21,18 +20,18 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from reprolab.core import numerics
-from reprolab.core.io import file_lock, md5_file
-from reprolab.core.paths import workspace_root
-from reprolab.core.schema import Params
+from reprolab.core.io import file_lock
+from reprolab.core.paths import stage_name, workspace_root
 from reprolab.core.stage import FAILURE_HOOKS, STORE_FAULTS
-from reprolab.tracking.lineage import MD5_TAG, PATH_TAG, code_diff, log_code_diff, log_inputs
+from reprolab.tracking.lineage import log_code_diff, log_inputs
 from reprolab.tracking.pages import KIND, KIND_TAG
 from reprolab.tracking.store import artifact_root, repair_moved_store
+from reprolab.tracking.tags import parent_run_name
 
 TAG_MODEL = "reprolab.model"
 TAG_STUDY = "reprolab.study"
 TAG_ROLE = "reprolab.role"
+TAG_STAGE = "reprolab.stage"  # an execution's dvc.yaml stage (train@mlp) or command
 
 
 # Set by `reprolab verify` for the stages it reruns: their runs go to a separate experiment
@@ -70,41 +69,15 @@ def store_lock() -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def workspace_id() -> str:
-    """Where a result is made: this host and the workspace folder (a model version's tag)."""
-    return f"{socket.gethostname()}:{workspace_root()}"
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip()
-
-
-def parent_run_name(model: str, study: str, tags: Mapping[str, str]) -> str:
-    """The name the MLflow UI shows for a model's parent run, so reruns and experiments tell
-    apart: ``<model>@<experiment>`` under `dvc exp run` (DVC sets DVC_EXP_NAME, also for temp
-    and queued runs), else ``<model>@<short commit>``, with ``-dirty`` when code or config
-    differ from it (lineage.code_diff, read once per process anyway), else outside git
-    ``<model>@<study fingerprint>``. It lives in MLflow only, never in a DVC output."""
-    experiment = os.environ.get("DVC_EXP_NAME")
-    if experiment:
-        return f"{model}@{experiment}"
-    sha = tags.get("reprolab.git_sha") or git_sha()
-    if sha == "unknown":
-        return f"{model}@{study.rsplit('.', 1)[-1][:12]}"
-    return f"{model}@{sha[:7]}" + ("-dirty" if code_diff() else "")
-
-
 class Tracker:
-    """The MLflow side of one model in one stage."""
+    """The MLflow side of one model (``role`` model) or baseline (``role`` baseline) in one
+    process; after ``start_execution``, ``run_id`` is this execution's run, ``parent`` the
+    group's."""
 
-    def __init__(self, dataset: str, model: str, study: str) -> None:
-        self.dataset, self.model, self.study = dataset, model, study
+    def __init__(self, dataset: str, model: str, study: str, role: str = "model") -> None:
+        self.dataset, self.model, self.study, self.role = dataset, model, study, role
+        self.run_id = self.parent = ""
+        self.number = 0
         # Processes that open a new SQLite store together race to create its tables
         # ("table ... already exists"): parallel tune workers, queued experiments.
         with store_lock():
@@ -132,17 +105,20 @@ class Tracker:
         """The model's parent run for this study: found by tags, or created."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            _parent_query(self.model, self.study),
+            _parent_query(self.model, self.study, self.role),
             order_by=["attributes.start_time ASC"],
             max_results=1,
         )
         if runs:
             run_id = runs[0].info.run_id
         else:
+            model = {TAG_MODEL: self.model, TAG_STUDY: self.study, TAG_ROLE: self.role}
             run = self.client.create_run(
                 self.experiment_id,
-                run_name=parent_run_name(self.model, self.study, tags),
-                tags={TAG_MODEL: self.model, TAG_STUDY: self.study, TAG_ROLE: "model"},
+                run_name=f"baseline {self.model}"
+                if self.role == "baseline"
+                else parent_run_name(self.model, self.study, tags),
+                tags=model,
             )
             run_id = run.info.run_id
         _OPEN[run_id] = self
@@ -151,11 +127,41 @@ class Tracker:
         log_code_diff(self.client, run_id)
         return run_id
 
+    def start_execution(self, stage: str, tags: Mapping[str, str]) -> str:
+        """A new run for this execution of ``stage``, nested under the parent run (created if
+        new, and RUNNING again while an execution runs), named ``<stage> #<n>``: the n-th
+        execution of that stage in this group."""
+        self.parent = self.parent_run_id(tags)
+        self.client.update_run(self.parent, status="RUNNING")
+        earlier = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent}' and tags.`{TAG_STAGE}` = '{stage}'",
+            max_results=10000,
+        )
+        self.number = len(earlier) + 1
+        self.run_id = self.start_child(
+            self.parent, f"{stage} #{self.number}", {**tags, TAG_STAGE: stage}, "execution"
+        )
+        return self.run_id
+
+    def finish_execution(
+        self, summary: Mapping[str, float] | None = None, status: str = "FINISHED"
+    ) -> None:
+        """End this execution's run; the parent shows ``summary`` at step = the execution's
+        number (its history: a point per execution) and takes the execution's status."""
+        if summary:
+            self.log(self.parent, metrics=summary, step=self.number)
+        self.end(self.run_id, status)
+        self.end(self.parent, status)
+        _EXECUTIONS.pop((self.dataset, self.model, self.study), None)
+
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         """All in one batched call (a stage sets about twenty)."""
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def start_child(self, parent_id: str, name: str, tags: Mapping[str, str]) -> str:
+    def start_child(
+        self, parent_id: str, name: str, tags: Mapping[str, str], role: str = "trial"
+    ) -> str:
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
@@ -164,7 +170,7 @@ class Tracker:
                 MLFLOW_RUN_NAME: name,
                 TAG_MODEL: self.model,
                 TAG_STUDY: self.study,
-                TAG_ROLE: "trial",
+                TAG_ROLE: role,
                 **tags,
             },
         )
@@ -201,19 +207,35 @@ class Tracker:
         return self.client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING)
 
 
-def log_test_metrics(
-    dataset: str, model: str, study: str, tags: Mapping[str, str], metrics: Mapping[str, float]
-) -> None:
-    """The one test evaluation's metrics, as ``test_<name>``, on the model's parent run, which
-    this ends (the last stage to log into it)."""
-    tracker = Tracker(dataset, model, study)
-    parent = tracker.parent_run_id(tags)
-    tracker.log(parent, metrics={f"test_{k}": v for k, v in metrics.items()})
-    tracker.end(parent)
+def execution(dataset: str, model: str, study: str, stage: str, tags: Mapping[str, str]) -> Tracker:
+    """This process's execution of ``stage`` for the model's study: started (its run created)
+    on the first call, which a stage makes before its work, so that a Ctrl-C or SIGTERM ends
+    it KILLED; the same tracker on later calls, until it is finished."""
+    key = (dataset, model, study)
+    if key not in _EXECUTIONS:
+        tracker = Tracker(dataset, model, study)
+        tracker.start_execution(stage, tags)
+        _EXECUTIONS[key] = tracker
+    return _EXECUTIONS[key]
+
+
+def stage_execution(ctx: Any, step: str, study: str, tags: Mapping[str, str]) -> Tracker:
+    """``execution`` of dvc.yaml's ``step`` stage (tune, train, evaluate) of ``ctx``'s model."""
+    return execution(ctx.dataset, ctx.name, study, stage_name(step, ctx.group, ctx.name), tags)
+
+
+def log_test_metrics(tracker: Tracker, metrics: Mapping[str, float]) -> None:
+    """The one test evaluation's metrics, as ``test_<name>``, on the evaluate execution's run
+    and its parent's summary; ends the execution."""
+    logged = {f"test_{k}": v for k, v in metrics.items()}
+    tracker.log(tracker.run_id, metrics=logged)
+    tracker.finish_execution(logged)
 
 
 # Runs this process created or logged into; a failing stage ends those still RUNNING.
 _OPEN: dict[str, Tracker] = {}
+# The executions this process started, by (dataset, model, study), until finished.
+_EXECUTIONS: dict[tuple[str, str, str], Tracker] = {}
 
 
 def end_open_runs(status: str, reason: str) -> None:
@@ -223,6 +245,7 @@ def end_open_runs(status: str, reason: str) -> None:
             tracker.set_tags(run_id, {"reprolab.failure": reason[:5000]})
             tracker.end(run_id, status)
     _OPEN.clear()
+    _EXECUTIONS.clear()
 
 
 FAILURE_HOOKS.append(end_open_runs)
@@ -238,9 +261,9 @@ STORE_FAULTS.append(
 )
 
 
-def _parent_query(model: str, study: str) -> str:
+def _parent_query(model: str, study: str, role: str = "model") -> str:
     return (
-        f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = 'model'"
+        f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = '{role}'"
         f" and tags.`{TAG_MODEL}` = '{model}'"
     )
 
@@ -265,36 +288,3 @@ def logged_metrics(dataset: str, model: str, study: str) -> dict[str, float]:
     """The metrics of a model's parent run; empty when this store never saw that run."""
     run = parent_run(dataset, model, study)
     return dict(run.data.metrics) if run else {}
-
-
-def flatten(prefix: str, value: Any) -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'prefix.a.b': 1}, for logging nested params."""
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, sub in value.items():
-            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), sub))
-        return out
-    return {prefix: value}
-
-
-def stage_tags(
-    device: str, params: Params, data: Iterable[tuple[str, str, str]] = ()
-) -> dict[str, str]:
-    """Tags of every run a stage logs: git sha, device, threads, the numerics in force
-    (core.numerics: mode, torch build, CPU capability), the md5 of the dvc.lock it ran under,
-    and for each split read (split, path, md5) its md5 and path (lineage.dataset_inputs)."""
-    sha = git_sha()
-    tags = {
-        "mlflow.source.git.commit": sha,
-        "reprolab.git_sha": sha,
-        "reprolab.device": device,
-        "reprolab.threads": str(params.threads),
-        **{f"reprolab.{k}": v for k, v in numerics.describe(params.numerics).items()},
-    }
-    lock = Path("dvc.lock")
-    if lock.is_file():
-        tags["reprolab.dvc_lock_md5"] = md5_file(lock)
-    for split, path, md5 in data:
-        tags[f"{MD5_TAG}{split}"] = md5
-        tags[f"{PATH_TAG}{split}"] = path
-    return tags

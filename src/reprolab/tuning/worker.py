@@ -26,10 +26,12 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from reprolab.core.errors import TuningError
+from reprolab.core.paths import stage_name
 from reprolab.core.schema import Params, TuneParams
 from reprolab.learn.context import ModelContext
 from reprolab.learn.tasks import get_task
-from reprolab.tracking.runs import Tracker, flatten
+from reprolab.tracking.runs import Tracker
+from reprolab.tracking.tags import flatten
 from reprolab.tuning import batches
 from reprolab.tuning import storage as stores
 from reprolab.tuning.identity import study_name
@@ -97,31 +99,40 @@ def run_trial(
     study.tell(trial, value)
 
 
-def run_worker(ctx: ModelContext, tags: dict[str, str]) -> int:
-    """Run trials of the model's study until ``tune.n_trials`` have finished, by this worker
-    or any other; return how many this one ran. Every worker computes the same trials
-    (tuning/batches.py): which worker runs a slot changes nothing."""
-    p, tune = ctx.params, ctx.tune
+def start_tuning(ctx: ModelContext, stage: str, tags: dict[str, str]) -> Tracker:
+    """This tune execution's MLflow run (of the stage, or of `reprolab tune-worker`), nested
+    under the model's parent run: made under the study's lock (one parent run however many
+    workers start at once), with the model's and tuning's params, on the parent too."""
     name = study_name(ctx)
     tracker = Tracker(ctx.dataset, ctx.name, name)
+    with study_lock(open_storage(storage_url(ctx.tune.storage), tracker), name)():
+        tracker.start_execution(stage, tags)
+    config = {
+        **flatten("model", ctx.spec.model_dump(mode="json")),
+        **flatten("tune", ctx.tune.model_dump(mode="json", exclude={"workers", "storage"})),
+        "seed": ctx.params.seed,
+        "study": name,
+    }
+    for run_id in (tracker.run_id, tracker.parent):
+        tracker.log(run_id, params=config)
+    return tracker
+
+
+def run_worker(ctx: ModelContext, tracker: Tracker, tags: dict[str, str]) -> int:
+    """Run trials of the model's study until ``tune.n_trials`` have finished, by this worker
+    or any other; return how many this one ran. Every worker computes the same trials
+    (tuning/batches.py): which worker runs a slot changes nothing. Each trial's MLflow run
+    nests under ``tracker.run_id``, the tune execution's run."""
+    p, tune = ctx.params, ctx.tune
+    name = study_name(ctx)
     storage = open_storage(storage_url(tune.storage), tracker)
     claim = study_lock(storage, name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with claim():  # one parent run and one study, however many workers start at once
-        parent = tracker.parent_run_id(tags)
+    with claim():  # one study, however many workers start at once
         seed = sampler_seed(p.seed, ctx.name)
         study = open_study(name, seed, tune, storage)
         label_study(study, ctx)  # for optuna-dashboard: what it is, its objective's name
-    tracker.log(
-        parent,
-        params={
-            **flatten("model", ctx.spec.model_dump(mode="json")),
-            **flatten("tune", tune.model_dump(mode="json", exclude={"workers", "storage"})),
-            "seed": p.seed,
-            "study": name,
-        },
-    )
-    objective = make_objective(ctx, tracker, parent, tags)
+    objective = make_objective(ctx, tracker, tracker.run_id, tags)
     return run_budget(study, storage, claim, seed, tune, objective)
 
 
@@ -162,9 +173,13 @@ def run_budget(
         ran += 1
 
 
-def spawned_worker(params: Params, model: str, tags: dict[str, str]) -> None:
-    """A spawned worker's body (parent.spawned tied it to its stage first)."""
-    run_worker(model_context(params, model), tags)
+def spawned_worker(params: Params, model: str, tags: dict[str, str], run_id: str) -> None:
+    """A spawned worker's body (parent.spawned tied it to its stage first): its trials nest
+    under the stage's tune run ``run_id``."""
+    ctx = model_context(params, model)
+    tracker = Tracker(ctx.dataset, ctx.name, study_name(ctx))
+    tracker.run_id = run_id
+    run_worker(ctx, tracker, tags)
 
 
 def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
@@ -188,11 +203,13 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
             tune.batch,
             tune.workers - tune.batch,
         )
+    tracker = start_tuning(ctx, stage_name("tune", ctx.group, ctx.name), tags)
+    payload = pickle.dumps((p, ctx.name, tags, tracker.run_id))
     spawn = multiprocessing.get_context("spawn")
     helpers = [
         spawn.Process(
             target=spawned,
-            args=(os.getpid(), f"{__name__}:spawned_worker", pickle.dumps((p, ctx.name, tags))),
+            args=(os.getpid(), f"{__name__}:spawned_worker", payload),
             daemon=True,
         )
         for _ in range(1, tune.workers)
@@ -200,7 +217,7 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
     for process in helpers:
         process.start()
     try:
-        run_worker(ctx, tags)
+        run_worker(ctx, tracker, tags)
         for process in helpers:
             process.join()
     finally:
@@ -212,7 +229,6 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
     if failed:
         raise TuningError(f"{len(failed)} tune worker(s) of {ctx.name} exited with {failed}")
     name = study_name(ctx)
-    tracker = Tracker(ctx.dataset, ctx.name, name)
     study = optuna.load_study(
         study_name=name, storage=open_storage(storage_url(tune.storage), tracker)
     )
@@ -233,17 +249,12 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
         key: best.value,
         "study": name,
     }
-    parent = tracker.parent_run_id(tags)
+    chosen = {"best.lr": best.params["lr"], "best.weight_decay": best.params["weight_decay"]}
+    tracker.log(tracker.parent, params=chosen)
     tracker.log(
-        parent,
-        metrics={key: best.value},
-        params={
-            "best.lr": best.params["lr"],
-            "best.weight_decay": best.params["weight_decay"],
-            "best.trial": best.number,
-        },
+        tracker.run_id, metrics={key: best.value}, params={**chosen, "best.trial": best.number}
     )
-    tracker.end(parent)
+    tracker.finish_execution({key: best.value})
     return TuneResult(study=study, best_params=best_params, trials=trials_table(study))
 
 

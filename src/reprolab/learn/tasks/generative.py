@@ -34,7 +34,7 @@ from reprolab.learn.tasks._base import Task, TrialFit, describe_run
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models.dcgan import DCGAN
 from reprolab.tracking.models import log_final_model
-from reprolab.tracking.runs import log_test_metrics
+from reprolab.tracking.runs import log_test_metrics, stage_execution
 
 TEST_NOISE_SEED_OFFSET = 3  # the test split's noise: apart from validation's and the grid's
 GRID_SAMPLES = 64
@@ -217,6 +217,7 @@ def evaluate_gan(ctx: GanContext, tags: dict[str, str]) -> dict:
     holds (a noise of its own) to the test split; and the fixed-noise sample grid."""
     p = ctx.params
     model, info = load_gan(paths.model_dir(ctx.name), ctx.device)
+    run = stage_execution(ctx, "evaluate", info["study"], tags)
     if info.get("scorer_weights_md5") != ctx.scorer_md5():
         raise CheckpointError(
             f"models/{ctx.name} was scored with another {info['scorer']} than "
@@ -234,7 +235,7 @@ def evaluate_gan(ctx: GanContext, tags: dict[str, str]) -> dict:
     write_sample_grid(
         model, paths.PLOTS / "samples" / f"{ctx.name}.png", info["pixel_max"], p.seed, GRID_SAMPLES
     )
-    log_test_metrics(ctx.dataset, ctx.name, info["study"], tags, {"fid": metrics["fid"]})
+    log_test_metrics(run, {"fid": metrics["fid"]})
     return metrics
 
 

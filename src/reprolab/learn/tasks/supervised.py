@@ -16,7 +16,8 @@ from reprolab.learn.objectives import OBJECTIVES
 from reprolab.learn.serving import SERVED_CODE, Served, answer
 from reprolab.learn.tasks._base import Task, TrialFit, describe_run
 from reprolab.tracking.models import FromCode, log_final_model
-from reprolab.tracking.runs import flatten, log_test_metrics
+from reprolab.tracking.runs import log_test_metrics, stage_execution
+from reprolab.tracking.tags import flatten
 
 
 class SupervisedTask(Task):
@@ -96,6 +97,7 @@ class SupervisedTask(Task):
     def evaluate(self, ctx: ModelContext, tags: dict[str, str]) -> dict:
         trained_by = f"train{paths.STAGE_SUFFIX[ctx.group]}"  # load_model adds @<model>
         model, info = load_model(paths.model_dir(ctx.name), ctx.device, stage=trained_by)
+        run = stage_execution(ctx, "evaluate", info["study"], tags)
         test = ctx.load("test")
         task = self.loss
         metrics, rows = task.test_report(predict(model, test), test.y, ctx.meta)
@@ -104,7 +106,7 @@ class SupervisedTask(Task):
         write_tsv(paths.PLOTS / plot / f"{ctx.name}.csv", rows, sep=",")
 
         logged = {k: v for k, v in metrics.items() if isinstance(v, float) and k != "n_test"}
-        log_test_metrics(ctx.dataset, ctx.name, info["study"], tags, logged)
+        log_test_metrics(run, logged)
         return metrics
 
 
