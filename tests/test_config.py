@@ -322,3 +322,23 @@ def test_a_name_too_long_for_the_file_system_is_not_advised_as_free_space(
     message = str(exited.value)
     assert "free space" not in message and "shorten" in message, message
     assert message.startswith("error: plots/curves/mmm") and len(message) < 250, message
+
+
+@pytest.mark.parametrize(
+    ("datasets", "given", "expected"),
+    [
+        ({"tabular": "csv"}, {}, "csv.path is not set (datasets.tabular is csv)"),
+        ({"tabular": "csv"}, {"csv": {"path": "data/own/tabular/t.csv"}}, "csv.target is not"),
+        ({"image": "imagefolder"}, {}, "imagefolder.path is not set (datasets.image is image"),
+    ],
+)
+def test_a_users_own_dataset_without_its_place_is_a_params_error(
+    datasets: dict, given: dict, expected: str
+) -> None:
+    """Found when params are loaded (every stage, `reprolab check`), not in a download."""
+    params = {"classifiers": {"mlp": {"arch": "mlp"}}, "datasets": datasets, **given}
+    with pytest.raises(ParamsError, match=re.escape(expected)):
+        validate_params(params)
+    validate_params(  # named: valid (whether the file is there is the download's to say)
+        deep_merge(params, {"csv": {"path": "t.csv", "target": "y"}, "imagefolder": {"path": "f"}})
+    )

@@ -30,6 +30,23 @@ class CsvParams(_Strict):
     max_categories: PositiveInt = 50  # distinct words a string column may hold
 
 
+def unset_own_source(
+    image: str, tabular: str, folder: ImageFolderParams, table: CsvParams
+) -> str | None:
+    """What a user's own dataset, selected in ``datasets``, lacks to be found: the params key
+    and what to name there, in one line; None when nothing is missing."""
+    needed = []
+    if image == "imagefolder":
+        needed.append(("imagefolder.path", "image", folder.path, "a root/<class>/<image> tree"))
+    if tabular == "csv":
+        needed.append(("csv.path", "tabular", table.path, "a table put in data/own/tabular/"))
+        needed.append(("csv.target", "tabular", table.target, "the table's column to learn"))
+    for key, kind, value, what in needed:
+        if not value:
+            return f"{key} is not set (datasets.{kind} is {key.split('.')[0]}): name {what}"
+    return None
+
+
 def kind_task(kind: str) -> str:
     """The task of the dataset of ``kind`` (its models' and baselines'): classification for
     images; for the tabular kind the one its split recorded (regression before any split:

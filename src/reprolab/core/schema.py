@@ -12,7 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from reprolab.core import paths, registry
 from reprolab.core.errors import ParamsError, shown
-from reprolab.core.kinds import CsvParams, ImageFolderParams, kind_task
+from reprolab.core.kinds import CsvParams, ImageFolderParams, kind_task, unset_own_source
 from reprolab.core.specs import (
     Count,
     Fraction,
@@ -240,9 +240,12 @@ class Params(_Strict):
         return generators
 
     @model_validator(mode="after")
-    def _unique_names(self) -> Params:
+    def _consistent(self) -> Params:
         if not self.classifiers:
             raise ValueError("classifiers: at least one model is needed")
+        d = self.datasets  # a user's own dataset is named where it is, before any stage runs
+        if unset := unset_own_source(d.image, d.tabular, self.imagefolder, self.csv):
+            raise ValueError(unset)
         seen: dict[str, str] = {}
         for group in GROUPS:
             for name in getattr(self, group):
