@@ -282,6 +282,22 @@ def copy_repo(repo: Path, dest: Path) -> Path:
     return dest
 
 
+def mlflow_runs(repo: Path, model: str, experiment: str = "reprolab-digits") -> tuple:
+    """The client of ``repo``'s MLflow store, and the runs of ``model``'s current study (the
+    one models/<model>/best_params.json names) in ``experiment``, by run name: its parent,
+    stage executions (``<stage> #<n>``) and trials."""
+    from mlflow.tracking import MlflowClient
+
+    study = json.loads((repo / "models" / model / "best_params.json").read_text())["study"]
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs(
+        [found.experiment_id], f"tags.`reprolab.study` = '{study}'", max_results=10000
+    )
+    return client, {r.info.run_name: r for r in runs}
+
+
 def free_port() -> int:
     import socket
 

@@ -18,7 +18,16 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import TINY_PARAMS, clean_env, copy_repo, md5s, run, set_params, stages_run
+from conftest import (
+    TINY_PARAMS,
+    clean_env,
+    copy_repo,
+    md5s,
+    mlflow_runs,
+    run,
+    set_params,
+    stages_run,
+)
 
 from reprolab.core.errors import CheckpointError
 from reprolab.learn.checkpoints import load_model, save_model
@@ -195,6 +204,63 @@ def test_sigkilled_train_leaves_no_half_file_and_the_next_repro_finishes(
     assert "train@mlp" not in run(["dvc", "status", "train@mlp"], repo).stdout
     strays = [p for p in repo.rglob(".*.tmp") if not {".git", ".dvc"} & set(p.parts)]
     assert not strays, strays
+    # MLflow: each execution of train@mlp is a run of its own under the model's parent run
+    # (the new patience made a new study: tune reran), and the SIGKILLed one (no handler
+    # runs) was ended KILLED by the next execution.
+    client, runs = mlflow_runs(repo, "mlp")
+    parent = next(r for r in runs.values() if r.data.tags["reprolab.role"] == "model")
+    trains = {n: r for n, r in runs.items() if r.data.tags.get("reprolab.stage") == "train@mlp"}
+    assert {n: r.info.status for n, r in trains.items()} == {
+        "train@mlp #1": "KILLED",
+        "train@mlp #2": "FINISHED",
+    }
+    assert trains["train@mlp #1"].data.tags["reprolab.failure"] == "its process was killed"
+    finished = trains["train@mlp #2"].info.run_id
+    # Its own curve and time, once (an execution never appends to an earlier run's).
+    assert 1 <= len(client.get_metric_history(finished, "final.val_loss")) <= 4
+    assert len(client.get_metric_history(finished, "train_seconds")) == 1
+    # The parent: a summary point per finished execution, at its number.
+    history = client.get_metric_history(parent.info.run_id, "train_seconds")
+    assert [m.step for m in history] == [2]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_a_sigtermed_stage_ends_its_execution_run_killed_in_one_line(
+    tiny_pipeline: dict, tmp_path: Path
+) -> None:
+    """SIGTERM (kill, a scheduler, CI's cancel) in the middle of train@mlp: one line, and
+    that execution's MLflow run (and its parent's status) KILLED; the earlier run untouched."""
+    repo = copy_repo(tiny_pipeline["repo"], tmp_path / "repo")
+    set_params(repo, {"train": {"max_epochs": 100_000, "patience": 100_000}})  # endless
+    stage = subprocess.Popen(
+        [sys.executable, "stages/train.py", "mlp"],
+        cwd=repo,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while "train@mlp #2" not in mlflow_runs(repo, "mlp")[1]:
+            assert stage.poll() is None, stage.communicate()
+            assert time.monotonic() < deadline, "no run for the second train execution"
+            time.sleep(0.2)
+        stage.send_signal(signal.SIGTERM)
+        _, stderr = stage.communicate(timeout=60)
+    finally:
+        stage.kill()
+    assert stage.returncode == 1
+    assert stderr.strip().splitlines()[-1] == (
+        "train.py: terminated (SIGTERM); no output was replaced (writes are atomic)"
+    )
+    assert "Traceback" not in stderr
+    client, runs = mlflow_runs(repo, "mlp")
+    killed = runs["train@mlp #2"]
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["reprolab.failure"] == "terminated (SIGTERM)"
+    assert client.get_run(killed.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
+    assert runs["train@mlp #1"].info.status == "FINISHED"
 
 
 class _RunsCode:

@@ -25,7 +25,8 @@ import yaml
 from reprolab.core.checkout import copy_sources
 from reprolab.core.errors import ReprolabError, shown
 from reprolab.core.io import md5_file
-from reprolab.tracking.runs import VERIFY_ENV, tracking_uri
+from reprolab.tracking.runs import VERIFY_ENV
+from reprolab.tracking.store import tracking_uri
 
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 

@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 
 from reprolab.core.paths import workspace_root
 from reprolab.tracking.models import registered_name, registered_version
-from reprolab.tracking.runs import open_store, store_lock, verifying
+from reprolab.tracking.runs import verifying
+from reprolab.tracking.store import open_store, store_lock
 from reprolab.tracking.tags import git_sha, workspace_id
 
 CHAMPION = "champion"

@@ -29,8 +29,7 @@ def download_extra_files(uri: str, names: Iterable[str], dest: Path) -> None:
     module, a version logged before they were) raises CheckpointError saying so."""
     import mlflow
 
-    from reprolab.tracking.runs import open_store, tracking_uri
-    from reprolab.tracking.store import sqlite_file
+    from reprolab.tracking.store import open_store, sqlite_file, tracking_uri
 
     # MLflow creates a SQLite store it is pointed at: run outside the workspace, that would
     # leave an empty mlflow.db in the cwd and then find no model in it. Read only a store

@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from reprolab.core.paths import MODEL_FILE, SPEC_FILE
 from reprolab.tracking.lineage import code_diff
-from reprolab.tracking.runs import stage_execution, store_lock, verifying
+from reprolab.tracking.runs import stage_execution, verifying
+from reprolab.tracking.store import store_lock
 from reprolab.tracking.tags import workspace_id
 
 # On a train run and its parent: the registered version (``models:/<name>/<version>``) its

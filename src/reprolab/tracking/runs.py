@@ -7,10 +7,10 @@ execution's summary figures (step = the execution's number) and its latest statu
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,18 +20,18 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from reprolab.core.io import file_lock
-from reprolab.core.paths import stage_name, workspace_root
+from reprolab.core.paths import stage_name
 from reprolab.core.stage import FAILURE_HOOKS, STORE_FAULTS
 from reprolab.tracking.lineage import log_code_diff, log_inputs
 from reprolab.tracking.pages import KIND, KIND_TAG
-from reprolab.tracking.store import artifact_root, repair_moved_store
+from reprolab.tracking.store import artifact_root, open_store, store_lock
 from reprolab.tracking.tags import parent_run_name
 
 TAG_MODEL = "reprolab.model"
 TAG_STUDY = "reprolab.study"
 TAG_ROLE = "reprolab.role"
 TAG_STAGE = "reprolab.stage"  # an execution's dvc.yaml stage (train@mlp) or command
+TAG_PROCESS = "reprolab.process"  # an execution's host:pid (a SIGKILLed one is ended later)
 
 
 # Set by `reprolab verify` for the stages it reruns: their runs go to a separate experiment
@@ -45,28 +45,6 @@ def verifying() -> bool:
 
 def experiment_name(dataset: str) -> str:
     return f"reprolab-{dataset}" + ("-verify" if verifying() else "")
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else an absolute SQLite store in the workspace root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root() / 'mlflow.db'}"
-
-
-def open_store() -> str:
-    """Point MLflow at ``tracking_uri()``; a SQLite store copied or moved with its workspace
-    is first repaired to keep its artifacts beside it (store.repair_moved_store)."""
-    uri = tracking_uri()
-    repair_moved_store(uri)
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
-def store_lock() -> contextlib.AbstractContextManager:
-    """Between this machine's processes using the SQLite store (a no-op for other stores)."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return file_lock(uri.removeprefix("sqlite:///") + ".lock")
-    return contextlib.nullcontext()
 
 
 class Tracker:
@@ -138,9 +116,17 @@ class Tracker:
             f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent}' and tags.`{TAG_STAGE}` = '{stage}'",
             max_results=10000,
         )
+        for run in earlier:  # an execution left RUNNING by a process that no longer exists
+            if run.info.status == "RUNNING" and _gone(run.data.tags.get(TAG_PROCESS, "")):
+                self.set_tags(run.info.run_id, {"reprolab.failure": "its process was killed"})
+                self.end(run.info.run_id, "KILLED")
         self.number = len(earlier) + 1
+        process = f"{socket.gethostname()}:{os.getpid()}"
         self.run_id = self.start_child(
-            self.parent, f"{stage} #{self.number}", {**tags, TAG_STAGE: stage}, "execution"
+            self.parent,
+            f"{stage} #{self.number}",
+            {**tags, TAG_STAGE: stage, TAG_PROCESS: process},
+            "execution",
         )
         return self.run_id
 
@@ -259,6 +245,20 @@ STORE_FAULTS.append(
         "workspace) must be reachable and writable",
     )
 )
+
+
+def _gone(process: str) -> bool:
+    """``host:pid`` names a process of this host that has ended (SIGKILL cannot be caught)."""
+    host, _, pid = process.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's (a shared server): it may well be running
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process of that pid
+        return False
+    return False
 
 
 def _parent_query(model: str, study: str, role: str = "model") -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
+from reprolab.core.io import file_lock
 from reprolab.core.paths import workspace_root
 
 ARTIFACTS = "mlartifacts"
@@ -168,3 +169,27 @@ def repair_moved_store(uri: str) -> list[str]:
             changed,
         )
     return found
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else an absolute SQLite store in the workspace root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root() / 'mlflow.db'}"
+
+
+def open_store() -> str:
+    """Point MLflow at ``tracking_uri()``; a SQLite store copied or moved with its workspace
+    is first repaired to keep its artifacts beside it (store.repair_moved_store)."""
+    import mlflow
+
+    uri = tracking_uri()
+    repair_moved_store(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def store_lock() -> contextlib.AbstractContextManager:
+    """Between this machine's processes using the SQLite store (a no-op for other stores)."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return file_lock(uri.removeprefix("sqlite:///") + ".lock")
+    return contextlib.nullcontext()
