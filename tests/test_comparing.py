@@ -4,6 +4,7 @@ shared TINY pipeline run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, free_port, run, server
 
 pytestmark = pytest.mark.slow
@@ -75,7 +77,6 @@ def test_dvc_exp_show_metrics_and_plots_give_model_columns_and_curves(
         assert f"plots/confusion/{model}.csv" in shown
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (.ci/run)")
 @pytest.mark.parametrize("command", ["show", "diff"])
 def test_dvc_plots_render_offline(tiny_pipeline: dict, tmp_path: Path, command: str) -> None:
     """`dvc plots show` / `diff` write a page whose charts Vega draws with no network: the
@@ -93,6 +94,8 @@ def test_dvc_plots_render_offline(tiny_pipeline: dict, tmp_path: Path, command: 
     assert "<script src=" not in page  # nothing fetched, from a CDN or elsewhere
     charts = len(re.findall(r"vegaEmbed\(.#plots_", page))
     assert charts >= 10  # every plot of the tiny pipeline but the GAN's sample image (<img>)
+    if shutil.which("chromium") is None:  # the page was checked; drawing it needs a browser
+        pytest.skip("chromium not installed (.ci/run installs it): the charts were not drawn")
     dom = _chromium((out / "index.html").as_uri(), tmp_path / "profile", offline=True)
     assert dom.count("<canvas") == charts, _text(dom)[:2000]
 
@@ -117,11 +120,20 @@ def test_plots_name_model_and_quantity_and_mark_what_matters(tiny_pipeline: dict
     assert _title(charts["plots/curves/mlp.tsv"]) == "mlp: training and validation loss per epoch"
     assert _title(charts["plots/confusion/lenet.csv"]).startswith("lenet: confusion matrix")
     assert _title(charts["plots/fid/dcgan.tsv"]).startswith("dcgan: validation Fréchet")
+    # Each chart's axes are titled as dvc.yaml labels its folder, each y axis with its unit.
+    declared = {}
+    for entry in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]:
+        if isinstance(entry, dict):
+            (folder, spec), *_ = entry.items()
+            declared[folder] = (spec["x_label"], spec["y_label"])
+    units = ("nats", "units", "class", "Fréchet distance")
+    assert all(any(u in y for u in units) for _, y in declared.values()), declared
     for path, content in charts.items():
         model = path.rsplit("/", 1)[-1].split(".")[0]
         assert _title(content).startswith(f"{model}: "), path
         labels = re.findall(r'"title": "([^"<]+)"', json.dumps(content, ensure_ascii=False))
-        assert any(u in " ".join(labels) for u in ("nats", "units", "split", "number")), path
+        x_label, y_label = declared[path.rsplit("/", 1)[0]]
+        assert x_label in labels and y_label in labels, (path, labels)
     trials = charts["plots/trials/mlp.tsv"]
     assert trials["encoding"]["x"]["axis"] == {"tickMinStep": 1, "format": "d"}
     shape = trials["layer"][1]["encoding"]["shape"]
@@ -251,10 +263,30 @@ def test_make_dashboard_serves_the_studies(tiny_pipeline: dict) -> None:
     repo = tiny_pipeline["repo"]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with (
-        server(_make("dashboard", port), repo, f"{url}/api/studies", timeout=120),
-        urllib.request.urlopen(f"{url}/api/studies", timeout=30) as response,
-    ):
-        studies = json.loads(response.read())["study_summaries"]
+    importances = {}
+    with server(_make("dashboard", port), repo, f"{url}/api/studies", timeout=120):
+        with urllib.request.urlopen(f"{url}/api/studies", timeout=30) as response:
+            studies = json.loads(response.read())["study_summaries"]
+        for study in studies:  # what the dashboard's importance chart draws, per study
+            page = f"{url}/api/studies/{study['study_id']}/param_importances"
+            with (
+                contextlib.suppress(urllib.error.HTTPError),  # 400: under two complete trials
+                urllib.request.urlopen(page, timeout=60) as response,
+            ):
+                found = json.loads(response.read())["param_importances"][0]
+                importances[study["study_name"]] = {p["name"]: p["importance"] for p in found}
     names = {s["study_name"] for s in studies}
     assert {n.split(".")[1] for n in names} >= {*MODELS, "tabular_mlp"}, names
+    # The report ranks a study's params as the dashboard does (one evaluator: PED-ANOVA).
+    from reprolab.core.params import load_params
+    from reprolab.report.figures import param_importances, read_table
+
+    params, compared = load_params(repo / "params.yaml"), 0
+    for model in (*MODELS, "tabular_mlp"):
+        name = json.loads((repo / f"models/{model}/best_params.json").read_text())["study"]
+        report = param_importances(read_table(repo / f"plots/trials/{model}.tsv"), params)
+        if report is not None and importances.get(name):
+            assert report.keys() == importances[name].keys(), (report, importances[name])
+            assert all(abs(report[k] - importances[name][k]) < 0.02 for k in report), name
+            compared += 1
+    assert compared, f"no study with two complete trials to compare: {importances}"

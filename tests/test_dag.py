@@ -143,7 +143,10 @@ def test_every_model_is_a_dvc_artifact_named_for_its_mlflow_model(tmp_path) -> N
         for name in params[group]
     }
     by_path = {a.path: a for a in artifacts.values()}
-    assert set(by_path) == {f"models/{name}/model.pt" for name in expected}
+    assert set(by_path) == {f"models/{name}/model.pt" for name in expected}, (
+        "dvc.yaml's artifacts: differ from params.yaml's models; `reprolab check` prints the "
+        "lines a new model needs"
+    )
     for name, (group, mlflow_name) in expected.items():
         artifact = by_path[f"models/{name}/model.pt"]
         assert artifact.type == "model" and artifact.desc

@@ -37,6 +37,26 @@ def test_readme_draws_the_dag_with_mermaid_which_fits_a_page(tmp_path: Path) -> 
     assert max(map(len, drawn.splitlines())) <= 100
 
 
+def test_ui_lands_on_the_projects_runs_without_a_browser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """MLflow 3's UI opens an experiment on GenAI traces unless its kind says otherwise:
+    reprolab's experiments carry that kind, and `make ui` prints each one's runs page."""
+    from mlflow.tracking import MlflowClient
+
+    from reprolab.tracking.pages import KIND, KIND_TAG, main
+    from reprolab.tracking.runs import Tracker
+
+    database = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+    experiment = Tracker("digits", "mlp", "study").experiment_id
+    tags = MlflowClient(f"sqlite:///{database}").get_experiment(experiment).tags
+    assert tags[KIND_TAG] == KIND == "custom_model_development"
+    assert main([str(database), "http://127.0.0.1:5000"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"reprolab-digits: http://127.0.0.1:5000/#/experiments/{experiment}/runs"]
+
+
 def test_ui_pages_read_the_store_without_creating_one(tmp_path: Path) -> None:
     from reprolab.tracking.pages import main, runs_pages
 
