@@ -37,6 +37,8 @@ def test_a_member_reads_the_rows_np_load_gives(tmp_path: Path) -> None:
     assert np.array_equal(members["x"].load(), x) and np.array_equal(members["y"].load(), y)
     index = np.array([5, 3, 4, 119, 0, 4, 60])  # unordered, a repeat, the edges
     assert np.array_equal(members["x"].take(index), x[index])
+    assert np.array_equal(members["x"][index], x[index])  # as the baselines pick train rows
+    assert np.array_equal(members["x"][10:20], x[10:20])
     assert np.array_equal(members["x"].rows(7, 50), x[7:50])
     assert np.array_equal(np.concatenate(list(members["x"].chunks())), x)
 
@@ -95,6 +97,7 @@ def test_training_on_a_split_left_on_disk_is_bit_identical(tmp_path: Path, monke
         )
         assert isinstance(train.x, DiskRows) == (budget == "0")
         assert float(train.x.max()) == x.max() and torch.equal(train.x[:4], torch.from_numpy(x[:4]))
+        assert torch.equal(torch.cat(list(train.x.split(7))), torch.from_numpy(x))  # FID scorer
         part = subsample(train, 50, seed=3, stratify=True)
         model = tiny_cnn()
         opt = make_optimizer(model, ModelSpec(arch="cnn"), lr=0.01, weight_decay=0.0)

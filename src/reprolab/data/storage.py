@@ -113,6 +113,12 @@ class Member:
         out[order] = found
         return out
 
+    def __getitem__(self, index) -> np.ndarray:
+        """``array[index]`` for an index array or a slice of rows, read from the file."""
+        if isinstance(index, slice):
+            return self.take(np.arange(len(self))[index])
+        return self.take(index)
+
     def chunks(self) -> Iterator[np.ndarray]:
         """The rows in order, ``chunk_rows`` at a time."""
         step = chunk_rows(self.row_bytes)

@@ -8,6 +8,7 @@ The rows, hence every result, are the same bits either way.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from reprolab.data.storage import Member, chunk_rows, memory_budget, open_npz
 class DiskRows:
     """A split's inputs left in their file: the rows a batch asks for are read then, so memory
     holds a batch, never the split. It answers what the tasks ask of ``TensorData.x``: len,
-    shape, dim, dtype, device, ``index_select(0, index)``, ``x[rows]`` and ``max()``."""
+    shape, dim, dtype, device, ``index_select(0, index)``, ``x[rows]``, ``split(n)``, ``max()``."""
 
     def __init__(self, member: Member, device: torch.device, rows: np.ndarray | None = None):
         self.member, self.device, self.rows = member, device, rows
@@ -52,12 +53,12 @@ class DiskRows:
         return self._read(torch.as_tensor(key).cpu().numpy())
 
     def max(self) -> torch.Tensor:
-        step = chunk_rows(self.member.row_bytes)
-        top = max(
-            self._read(np.arange(i, min(i + step, len(self)))).max()
-            for i in range(0, len(self), step)
-        )
-        return top.to(self.device)
+        return max(rows.max() for rows in self.split(chunk_rows(self.member.row_bytes)))
+
+    def split(self, size: int) -> Iterator[torch.Tensor]:
+        """The rows in order, ``size`` at a time (``Tensor.split`` along dim 0)."""
+        for start in range(0, len(self), size):
+            yield self[start : start + size]
 
     def subset(self, index: np.ndarray) -> DiskRows:
         """Rows ``index`` of these, still on disk."""
