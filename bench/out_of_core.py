@@ -178,6 +178,17 @@ def child(phase: str, work: Path, floor: bool) -> dict:
     def split(name: str) -> TensorData:
         return tiny if floor else load_split(work / "splits" / f"{name}.npz", torch.device("cpu"))
 
+    if phase == "gather":  # the data path alone: one epoch's batches, in memory then on disk
+        order = torch.randperm(len(split("train").y), generator=torch.Generator().manual_seed(0))
+        times = {}
+        for mode, budget in (("memory", "100000"), ("disk", "0"), ("memory", "100000")):
+            os.environ["REPROLAB_SPLIT_MEMORY_MB"] = budget
+            train = split("train")
+            started = time.perf_counter()
+            for index in order.split(256):
+                train.batch(index)
+            times[mode] = 1000 * (time.perf_counter() - started) / len(order.split(256))
+        return {"ms_per_batch": times}
     if phase in ("train", "throughput"):
         train, val = split("train"), split("val")
         opt = make_optimizer(model, ModelSpec(arch="cnn"), lr=1e-3, weight_decay=0.0)
@@ -224,6 +235,10 @@ def throughput(work: Path, env: dict[str, str], log: Path, repeats: int) -> None
         print(f"  rows per {what} second, median: in memory {memory:.0f}, from disk {disk:.0f}, "
               f"disk/memory {disk / memory:.2f} (each pair: {each})")  # fmt: skip
     print(f"  same weights from disk and from memory: {len(sums) == 1}")
+    gather = measure("gather", work, env, log)["ms_per_batch"]
+    print(f"  the data path alone (TensorData.batch, 256 shuffled rows, .float() included): "
+          f"{gather['memory']:.1f} ms a batch in memory, "
+          f"{gather['disk']:.1f} ms from disk")  # fmt: skip
 
 
 def main() -> None:
