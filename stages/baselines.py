@@ -5,10 +5,9 @@ from reprolab.core.stage import imports_done, run_stage
 
 
 def main(params, args) -> None:
-    import numpy as np
-
     from reprolab.core import paths
     from reprolab.core.kinds import kind_task
+    from reprolab.data.storage import open_npz
     from reprolab.learn.baselines import (
         log_baselines,
         of_task,
@@ -23,8 +22,10 @@ def main(params, args) -> None:
     task = kind_task(args.kind)
     splits = {}
     for name in ("train", "val"):
-        with np.load(paths.split_file(args.kind, name)) as data:
-            splits[name] = {"x": data["x"], "y": data["y"]}
+        members = open_npz(paths.split_file(args.kind, name))
+        splits[name] = {"x": members["x"], "y": members["y"].load()}
+    # Train rows are read when picked (at most baselines.max_rows of them); val is scored whole.
+    splits["val"]["x"] = splits["val"]["x"].load()
     names = of_task(getattr(params.baselines, args.kind), task, f"baselines.{args.kind}")
     selected, fitted = select_baselines(
         names, splits["train"], splits["val"], task, params.seed, params.baselines.max_rows

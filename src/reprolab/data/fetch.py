@@ -25,10 +25,12 @@ CACHE = Path.home() / ".cache" / "reprolab"
 
 @dataclass
 class Arrays:
-    """A dataset in memory: images as uint8 (N, C, H, W) with int64 labels (N,), or
-    feature rows as float32 (N, F) with float32 regression targets (N,)."""
+    """A dataset: images as uint8 (N, C, H, W) with int64 labels (N,), or feature rows as
+    float32 (N, F) with float32 regression targets (N,). ``x`` is an array in memory, or rows
+    decoded only when asked for (``len``, ``shape``, ``dtype``, ``x[index]``: imagefolder's
+    ``ImageRows``), which the split stage writes out chunk by chunk."""
 
-    x: np.ndarray
+    x: np.ndarray  # or rows decoded on demand (see above)
     y: np.ndarray
     classes: list[str] = field(default_factory=list)
     task: str = "classification"

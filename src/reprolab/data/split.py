@@ -6,6 +6,7 @@ about the data (shape, classes, and normalisation statistics from the train spli
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from sklearn.model_selection import train_test_split
 from reprolab.core.errors import DataError
 from reprolab.core.io import atomic_path, write_json
 from reprolab.data.fetch import Arrays
+from reprolab.data.storage import Member, NpzWriter, chunk_rows, open_npz
 
 SPLITS = ("train", "val", "test")
 
@@ -82,14 +84,35 @@ def _can_split_published_train(y_train: np.ndarray, val_fraction: float) -> None
         )
 
 
-def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (axis 1 is channels/features), from the train split only."""
-    axes = tuple(i for i in range(x.ndim) if i != 1)
-    values = x.astype(np.float64)
-    mean = values.mean(axis=axes)
-    std = values.std(axis=axes)
-    std[std == 0] = 1.0
-    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+def channel_stats(x: np.ndarray | Member) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (axis 1 is channels/features), from the train split only.
+
+    Small integers (images) are summed exactly, chunk by chunk, so a split of any size is
+    read in bounded memory and the figures do not depend on how it was chunked; anything
+    else (a table's float features, held in memory) in float64 as a whole."""
+    if x.dtype.kind not in "ui" or x.dtype.itemsize > 2:
+        values = np.asarray(x.load() if isinstance(x, Member) else x).astype(np.float64)
+        axes = tuple(i for i in range(values.ndim) if i != 1)
+        mean, std = values.mean(axis=axes), values.std(axis=axes)
+        std[std == 0] = 1.0
+        return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+    channels = x.shape[1]
+    total, squares = [0] * channels, [0] * channels
+    step = chunk_rows(8 * int(np.prod(x.shape[1:])))  # int64 copies of CHUNK_BYTES at most
+    for start in range(0, len(x), step):
+        stop = min(start + step, len(x))
+        rows = x.rows(start, stop) if isinstance(x, Member) else x[start:stop]
+        values = np.moveaxis(rows, 1, 0).reshape(channels, -1).astype(np.int64)
+        for c, (s, q) in enumerate(zip(values.sum(1), (values * values).sum(1), strict=True)):
+            total[c], squares[c] = total[c] + int(s), squares[c] + int(q)
+    count = len(x) * int(np.prod(x.shape[2:]))
+    # Python's int / int is correctly rounded: the mean is the float64 numpy's mean gives.
+    mean = [t / count for t in total]
+    std = [
+        math.sqrt((count * q - t * t) / (count * count)) or 1.0
+        for t, q in zip(total, squares, strict=True)
+    ]
+    return [round(m, 6) for m in mean], [round(s, 6) for s in std]
 
 
 def write_splits(
@@ -106,9 +129,8 @@ def write_splits(
     if arrays.encode is not None:  # a user's table: its encoding fitted on train only
         x, table = arrays.encode(indices["train"])
     for name in SPLITS:
-        with atomic_path(out_dir / f"{name}.npz") as tmp, open(tmp, "wb") as f:
-            np.savez(f, x=x[indices[name]], y=arrays.y[indices[name]])
-    mean, std = channel_stats(x[indices["train"]])
+        write_split_file(out_dir / f"{name}.npz", x, arrays.y, indices[name])
+    mean, std = channel_stats(open_npz(out_dir / "train.npz")["x"])
     meta = {
         "task": arrays.task,
         "classes": arrays.classes,
@@ -132,6 +154,20 @@ def write_splits(
     meta["trivial_val"] = trivial_scores(arrays, indices)
     write_json(out_dir / "meta.json", meta)
     return meta
+
+
+def write_split_file(path: Path, x, y: np.ndarray, rows: np.ndarray) -> None:
+    """``np.savez(path, x=x[rows], y=y[rows])``, byte for byte. Inputs decoded on demand
+    (an image tree's ``ImageRows``) are written in chunks, never held whole."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, NpzWriter(f) as npz:
+        if isinstance(x, np.ndarray):
+            npz.array("x", x[rows])
+        else:
+            step = chunk_rows(int(np.prod(x.shape[1:])) * x.dtype.itemsize)
+            with npz.member("x", (len(rows), *x.shape[1:]), x.dtype) as write:
+                for start in range(0, len(rows), step):
+                    write(x[rows[start : start + step]])
+        npz.array("y", y[rows])
 
 
 def trivial_scores(arrays: Arrays, indices: dict[str, np.ndarray]) -> dict[str, float]:

@@ -2,7 +2,8 @@
 
 The transfer-learning tutorial's layout with published splits, ``root/train/<class>/...``
 plus ``root/val/<class>/...`` (or ``test/``), is recognised too: val/test becomes the
-published test split. Images are resized to ``imagefolder.image_size`` square RGB, uint8.
+published test split. Images are resized to ``imagefolder.image_size`` square RGB, uint8,
+when the split stage asks for them (``ImageRows``: a chunk at a time, in bounded memory).
 Every image is decoded once while copied: a file that PIL cannot decode (empty, truncated,
 corrupt) or a decompression bomb stops the download naming the user's file.
 """
@@ -103,22 +104,48 @@ def _same_classes(root: Path) -> None:
         )
 
 
-def _read(folder: Path, size: int, class_to_idx: dict[str, int] | None = None):
-    from PIL import Image
+class ImageRows:
+    """A tree's images as uint8 (N, 3, size, size) rows, each decoded and resized only when
+    asked for (``rows[index]``): the split stage streams a tree of any size through them in
+    chunks, so no stage holds the decoded tree whole."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, files: list[str], size: int) -> None:
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), 3, self.size, self.size)
+
+    def __getitem__(self, index) -> np.ndarray:
+        from PIL import Image
+
+        if isinstance(index, (int, np.integer)):
+            return self[np.array([index])][0]
+        picked = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        out = np.empty((len(picked), 3, self.size, self.size), np.uint8)
+        for row, i in enumerate(picked.reshape(-1)):
+            image = open_image(Path(self.files[i]), "RGB")
+            out[row] = np.asarray(image.resize((self.size, self.size), Image.BILINEAR)).transpose(
+                2, 0, 1
+            )
+        return out
+
+
+def _scan(folder: Path, class_to_idx: dict[str, int] | None = None):
+    """The tree's image files and labels (ImageFolder's order); nothing is decoded here."""
     from torchvision.datasets import ImageFolder
 
-    data = ImageFolder(str(folder), loader=lambda p: open_image(Path(p), "RGB"))
+    data = ImageFolder(str(folder), loader=lambda p: p)
     if class_to_idx is not None and data.class_to_idx != class_to_idx:
         raise DataError(
             f"{folder}: classes {data.classes} differ from train's {list(class_to_idx)}"
         )
-    images = np.stack(
-        [
-            np.asarray(data.loader(path).resize((size, size), Image.BILINEAR))
-            for path, _ in data.samples
-        ]
-    )
-    return images.transpose(0, 3, 1, 2), np.asarray(data.targets, dtype=np.int64), data
+    return [path for path, _ in data.samples], np.asarray(data.targets, dtype=np.int64), data
 
 
 def load(raw_dir: Path) -> Arrays:
@@ -127,15 +154,14 @@ def load(raw_dir: Path) -> Arrays:
     ]
     test_dir = next((raw_dir / d for d in TEST_DIRS if (raw_dir / d).is_dir()), None)
     if (raw_dir / "train").is_dir() and test_dir is not None:
-        x_train, y_train, train = _read(raw_dir / "train", size)
-        x_test, y_test, _ = _read(test_dir, size, train.class_to_idx)
-        x, y = np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
+        files_train, y_train, train = _scan(raw_dir / "train")
+        files_test, y_test, _ = _scan(test_dir, train.class_to_idx)
+        y = np.concatenate([y_train, y_test])
         mask = np.arange(len(y)) >= len(y_train)
-        return Arrays(
-            x=np.ascontiguousarray(x, dtype=np.uint8), y=y, classes=train.classes, test_mask=mask
-        )
+        x = ImageRows(files_train + files_test, size)
+        return Arrays(x=x, y=y, classes=train.classes, test_mask=mask)
     try:
-        x, y, data = _read(raw_dir, size)
+        files, y, data = _scan(raw_dir)
     except FileNotFoundError as err:  # torchvision: "Couldn't find any class folder"
         raise DataError(f"imagefolder: {err}") from None
-    return Arrays(x=np.ascontiguousarray(x, dtype=np.uint8), y=y, classes=data.classes)
+    return Arrays(x=ImageRows(files, size), y=y, classes=data.classes)
