@@ -7,7 +7,7 @@ from reprolab.core.stage import imports_done, run_stage
 def main(params, args) -> None:
     from reprolab.core import paths
     from reprolab.core.kinds import kind_task
-    from reprolab.data.storage import open_npz
+    from reprolab.core.npz import open_npz
     from reprolab.learn.baselines import (
         log_baselines,
         of_task,

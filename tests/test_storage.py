@@ -1,4 +1,4 @@
-"""Split files read and written without loading them whole (data/storage.py): the same bytes
+"""Split files read and written without loading them whole (core/npz.py): the same bytes
 as np.savez, the same rows as np.load, the same trained weights as the in-memory path."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from reprolab.core import npz
 from reprolab.core.errors import DataError
+from reprolab.core.npz import NpzWriter, open_npz
 from reprolab.core.schema import ModelSpec, TrainParams
-from reprolab.data import storage
 from reprolab.data.split import write_split_file
-from reprolab.data.storage import NpzWriter, open_npz
 from reprolab.learn.engine import fit, make_optimizer, predict
 from reprolab.learn.tensors import DiskRows, load_split, subsample
 from reprolab.models._base import ModelSpec as ArchSpec
@@ -62,7 +62,7 @@ def test_the_streamed_writer_writes_np_savez_bytes(tmp_path: Path, chunk: int) -
 def test_a_split_written_in_chunks_is_np_savez_of_its_rows(tmp_path: Path, monkeypatch) -> None:
     x, y = image_split(tmp_path / "all.npz", n=90)
     rows = np.sort(np.random.default_rng(2).choice(90, 40, replace=False))
-    monkeypatch.setattr(storage, "CHUNK_BYTES", 3 * x[0].nbytes)  # chunks of 3 rows
+    monkeypatch.setattr(npz, "CHUNK_BYTES", 3 * x[0].nbytes)  # chunks of 3 rows
 
     class OnDemand:  # rows produced only when asked for, as imagefolder's ImageRows
         shape, dtype = x.shape, x.dtype
@@ -90,7 +90,7 @@ def test_training_on_a_split_left_on_disk_is_bit_identical(tmp_path: Path, monke
     image_split(tmp_path / "image" / "val.npz", n=40, seed=1)
     results = []
     for budget in ("256", "0"):  # the split in memory, then left on disk
-        monkeypatch.setenv(storage.MEMORY_ENV, budget)
+        monkeypatch.setenv(npz.MEMORY_ENV, budget)
         train, val = (
             load_split(tmp_path / "image" / f"{s}.npz", torch.device("cpu"))
             for s in ("train", "val")
@@ -125,7 +125,7 @@ def test_imagefolder_decodes_in_chunks_what_it_decoded_whole(tmp_path: Path, mon
     ).transpose(0, 3, 1, 2)
     rows = imagefolder.ImageRows([str(f) for f in files], 6)
     assert rows.shape == whole.shape and np.array_equal(rows[np.arange(11)], whole)
-    monkeypatch.setattr(storage, "CHUNK_BYTES", 4 * whole[0].nbytes)
+    monkeypatch.setattr(npz, "CHUNK_BYTES", 4 * whole[0].nbytes)
     picked = np.array([0, 2, 3, 5, 6, 7, 10])
     labels = np.arange(11, dtype=np.int64)
     write_split_file(tmp_path / "chunked.npz", rows, labels, picked)
@@ -152,7 +152,7 @@ def test_a_damaged_split_file_is_one_line_either_way(
         np.savez_compressed(out, x=x, y=y)
         data = out.getvalue()
     path.write_bytes(bytes(data))
-    monkeypatch.setenv(storage.MEMORY_ENV, budget)
+    monkeypatch.setenv(npz.MEMORY_ENV, budget)
     with pytest.raises(
         DataError, match=r"^\S*train.npz: unreadable \(\w+: .*rerun `dvc repro split@image`"
     ) as err:
@@ -161,6 +161,6 @@ def test_a_damaged_split_file_is_one_line_either_way(
 
 
 def test_a_bad_memory_budget_is_one_line(monkeypatch) -> None:
-    monkeypatch.setenv(storage.MEMORY_ENV, "lots")
+    monkeypatch.setenv(npz.MEMORY_ENV, "lots")
     with pytest.raises(DataError, match="REPROLAB_SPLIT_MEMORY_MB='lots': expected"):
-        storage.memory_budget()
+        npz.memory_budget()

@@ -14,8 +14,8 @@ from sklearn.model_selection import train_test_split
 
 from reprolab.core.errors import DataError
 from reprolab.core.io import atomic_path, write_json
+from reprolab.core.npz import Member, NpzWriter, chunk_rows, open_npz
 from reprolab.data.fetch import Arrays
-from reprolab.data.storage import Member, NpzWriter, chunk_rows, open_npz
 
 SPLITS = ("train", "val", "test")
 

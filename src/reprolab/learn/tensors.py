@@ -1,6 +1,6 @@
 """Splits as tensors on the training device; batches are taken by index, no DataLoader.
 
-A split whose inputs fit ``data.storage.memory_budget`` is read whole onto the device; a
+A split whose inputs fit ``core.npz.memory_budget`` is read whole onto the device; a
 larger one stays in its file (``DiskRows``) and each batch's rows are read when it is taken.
 The rows, hence every result, are the same bits either way.
 """
@@ -17,7 +17,7 @@ import torch
 
 from reprolab.core.errors import DataError
 from reprolab.core.io import read_json
-from reprolab.data.storage import Member, chunk_rows, memory_budget, open_npz
+from reprolab.core.npz import Member, chunk_rows, memory_budget, open_npz
 
 
 class DiskRows:
@@ -110,7 +110,7 @@ def _missing(path: Path) -> DataError:
 
 def load_split(path: Path, device: torch.device) -> TensorData:
     """A split file's rows: inputs on the device, or left on disk when larger than the
-    memory budget (``data.storage.memory_budget``); labels on the device."""
+    memory budget (``core.npz.memory_budget``); labels on the device."""
     if not path.is_file():
         raise _missing(path)
     try:
