@@ -237,6 +237,12 @@ def test_make_ui_lists_the_runs_with_their_metrics(tiny_pipeline: dict, tmp_path
             f"&experiments={urllib.parse.quote(json.dumps([experiment]))}"
         )
         compare_text = _text(_chromium(compare, tmp_path / "p2"))
+        # The train run of a model (nested under its parent) shows the version it registered.
+        train = mlflow.search_runs(
+            [experiment], f"tags.`reprolab.stage` = 'train@{MODELS[0]}'", output_format="list"
+        )[0]
+        train_page = f"{url}/#/experiments/{experiment}/runs/{train.info.run_id}"
+        train_text = _text(_chromium(train_page, tmp_path / "p5"))
         # Screenshots to look at, where REPROLAB_SCREENSHOTS says (never in the checkout);
         # two more browser runs, so only when asked for.
         if os.environ.get("REPROLAB_SCREENSHOTS"):
@@ -248,9 +254,10 @@ def test_make_ui_lists_the_runs_with_their_metrics(tiny_pipeline: dict, tmp_path
                 assert (screenshots / shot).stat().st_size > 10_000
             print(f"screenshots: {screenshots}/mlflow-runs.png, mlflow-compare.png")
     assert "reprolab-digits" in runs_text
-    for model in MODELS:
+    for model in MODELS:  # each model's parent run, named <model>@<commit>
         assert re.search(rf"\b{model}\b", runs_text), runs_text[:2000]
-        assert f"digits-{model}" in runs_text  # the registered model version of each run
+    assert f"train@{MODELS[0]} #1" in train_text and f"digits-{MODELS[0]} v1" in train_text
+    assert "lr" in train_text and "weight_decay" in train_text  # the params it trained with
     for metric in ("val_accuracy", "test_accuracy", "train_seconds", "best_val_loss"):
         assert metric in compare_text, compare_text[:3000]
     for parent in parents:

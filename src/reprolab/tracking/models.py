@@ -78,7 +78,7 @@ def log_final_model(
             metrics={f"final.{k}": v for k, v in row.items() if k != "epoch"},
             step=int(row["epoch"]),
         )
-    tracker.log(run, metrics=logged)
+    tracker.log(run, metrics=logged, params=params)
     if verifying():  # logged for comparison, never registered (the registry is the workspace's)
         _log_model(run, served, example, None, about, params, folder)
         tracker.finish_execution(logged)
