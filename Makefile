@@ -54,7 +54,7 @@ format: install ## ruff fix and format
 	$(RUN) ruff check --fix . && $(RUN) ruff format .
 
 exps: install ## dvc exp show with the headline test metrics only (every column of it fits)
-	$(RUN) dvc exp show --drop '^(?!Experiment$$|Created$$|[^.]+\.test_(acc|rmsle|fid)$$)'
+	$(RUN) dvc exp show --drop '^(?!Experiment$$|Created$$|[^.]+\.test_(acc|rmsle|rmse|fid)$$)'
 
 # Dependency columns: paths, and the folders and lock file the report and every stage read.
 DEP_COLUMNS := ^(.*/.*|requirements\.lock|metrics|models|plots)$$

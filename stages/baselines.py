@@ -6,7 +6,7 @@ from reprolab.core.stage import imports_done, run_stage
 
 def main(params, args) -> None:
     from reprolab.core import paths
-    from reprolab.core.kinds import kind_task
+    from reprolab.core.kinds import kind_meta, kind_task
     from reprolab.core.npz import open_npz
     from reprolab.learn.baselines import (
         log_baselines,
@@ -15,6 +15,7 @@ def main(params, args) -> None:
         select_baselines,
         write_selection,
     )
+    from reprolab.learn.objectives import objective_key
     from reprolab.tracking.tags import stage_tags
 
     imports_done()
@@ -28,7 +29,12 @@ def main(params, args) -> None:
     splits["val"]["x"] = splits["val"]["x"].load()
     names = of_task(getattr(params.baselines, args.kind), task, f"baselines.{args.kind}")
     selected, fitted = select_baselines(
-        names, splits["train"], splits["val"], task, params.seed, params.baselines.max_rows
+        names,
+        splits["train"],
+        splits["val"],
+        objective_key(task, kind_meta(args.kind) or {}),
+        params.seed,
+        params.baselines.max_rows,
     )
     folder = paths.MODELS / "baselines" / args.kind
     identity = save_baselines(fitted, folder)

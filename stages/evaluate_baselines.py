@@ -10,6 +10,7 @@ def main(params, args) -> None:
     from reprolab.core.io import md5_file, write_json
     from reprolab.core.kinds import kind_task
     from reprolab.learn.baselines import FILE, evaluate_baselines, log_baselines
+    from reprolab.learn.objectives import objective_key
     from reprolab.learn.tensors import load_meta
     from reprolab.tracking.tags import stage_tags
 
@@ -19,9 +20,9 @@ def main(params, args) -> None:
     with np.load(paths.split_file(args.kind, "test")) as data:
         test = {"x": data["x"], "y": data["y"]}
     meta = load_meta(paths.splits_dir(args.kind))
-    results = evaluate_baselines(paths.MODELS / "baselines" / args.kind, test, task, meta)
-    write_json(paths.METRICS / "baselines" / args.kind / "test.json", results)
     folder = paths.MODELS / "baselines" / args.kind
+    results = evaluate_baselines(folder, test, objective_key(task, meta), meta)
+    write_json(paths.METRICS / "baselines" / args.kind / "test.json", results)
     logged = {
         name: {f"test_{k}": v for k, v in m.items() if isinstance(v, float)}
         for name, m in results.items()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from reprolab.core.errors import ReprolabError
 from reprolab.data.fetch import fetch_dataset, load_raw
@@ -56,7 +57,10 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def options(path: str | None, target: str) -> dict:
-    return {"path": path, "target": target, "drop": [], "task": "auto", "max_categories": 50}
+    return {
+        "path": path, "target": target, "drop": [], "task": "auto", "loss": "auto",
+        "max_categories": 50,
+    }  # fmt: skip
 
 
 def load(workspace: Path, file: str, target: str, **more):
@@ -169,7 +173,7 @@ BAD_TABLES = {
         "y",
         "column 'a', row 4: category 'w3' is number 4, over csv.max_categories (3)",
     ),
-    "negative regression target": ("a,y\n1,2.5\n2,-0.5\n", "y", "row 2: -0.5 < 0"),
+    "negative target for RMSLE": ("a,y\n1,2.5\n2,-0.5\n", "y", "row 2: -0.5 < 0; csv.loss rmsle"),
     "words to regress": ("a,y\n1,p\n2,q\n", "y", "row 1: 'p' is a word; regression needs"),
 }
 
@@ -178,9 +182,10 @@ BAD_TABLES = {
 def test_a_bad_table_is_one_line_naming_file_column_and_row(workspace: Path, case: str) -> None:
     text, target, expected = BAD_TABLES[case]
     (workspace / HOME / "bad.csv").write_text(text)
-    task = "regression" if case in ("negative regression target", "words to regress") else "auto"
+    task = "regression" if case in ("negative target for RMSLE", "words to regress") else "auto"
+    loss = "rmsle" if case == "negative target for RMSLE" else "auto"
     with pytest.raises(TableError) as raised:
-        load(workspace, "bad.csv", target, max_categories=3, task=task)
+        load(workspace, "bad.csv", target, max_categories=3, task=task, loss=loss)
     message = str(raised.value)
     assert message.startswith(f"{HOME}/bad.csv") and "\n" not in message
     assert expected in message, message
@@ -235,6 +240,10 @@ def test_the_tabular_task_is_the_splits_and_baselines_follow_it(
         "accuracy",
         True,
     )
+    meta.write_text(json.dumps({"task": "regression", "target_scale": "linear"}))
+    board = sections(params)[1]  # a signed target: ranked by RMSE, no RMSLE column
+    assert (board.rank_metric, board.higher_is_better) == ("rmse", False)
+    assert [key for _, _, key in board.columns] == ["rmse", "r2"]
     names = ["ridge", "logistic_regression"]
     assert of_task(names, "classification", "baselines.tabular") == ["logistic_regression"]
     with pytest.raises(StageError, match="baselines.tabular: none of"):
@@ -263,8 +272,11 @@ def test_a_user_csv_runs_through_tune_train_evaluate_and_predict(
 ) -> None:
     """Real `dvc repro` of the tabular kind on iris with a string column and holes: the MLP
     classifies it, predict replays the encoding on new rows (columns by name, in any order,
-    a hole and an unseen category), and editing the table makes download@tabular stale."""
-    from conftest import TINY_PARAMS, make_repo, run, stages_run
+    a hole and an unseen category), and editing the table makes download@tabular stale.
+    Then a table with a signed target: the MLP regresses it with RMSE (ridge beside it:
+    test_a_signed_target_trains_scores_and_predicts_negative_values), and predict answers
+    negative values."""
+    from conftest import TINY_PARAMS, make_repo, run, set_params, stages_run
 
     from reprolab.cli import main
 
@@ -300,3 +312,137 @@ def test_a_user_csv_runs_through_tune_train_evaluate_and_predict(
     assert predicted == [["new.csv:2", "setosa"], ["new.csv:3", "virginica"]]
     frame.iloc[:-1].to_csv(table, index=False)
     assert "download@tabular" in run(["dvc", "status", "download@tabular"], repo).stdout
+
+    # The same workspace, another table: a signed target, regressed on its own scale (RMSE).
+    signed_table(repo / HOME / "signed.csv")
+    csv = {"path": f"{HOME}/signed.csv", "target": "change", "drop": ["id"]}
+    budget = {"epochs": 4, "max_epochs": 60}
+    regressors = {"tabular_mlp": {"budget": budget}}
+    set_params(repo, {"csv": csv, "regressors": regressors, "train": {"patience": 10}})
+    run(["dvc", "repro", "evaluate_regressor@tabular_mlp"], repo)
+    meta = json.loads((repo / "data/splits/tabular/meta.json").read_text())
+    assert (meta["task"], meta["target_scale"]) == ("regression", "linear")
+    test = json.loads((repo / "metrics/tabular_mlp/test.json").read_text())
+    assert "rmsle" not in test and test["loss"] == test["rmse"] < meta["trivial_val"]["rmse"]
+    new.write_text("depth,site,temp\n2.0,north,-1.5\n3.0,south,2.5\n")
+    main(["predict", "--model", "models/tabular_mlp", "new.csv"])
+    out = capsys.readouterr().out.strip().splitlines()[1:]
+    low, high = (float(line.split("\t")[1]) for line in out)
+    assert low < 0 < high  # about -5.25 and 5.75: negative answers as they are
+
+
+def signed_table(dest: Path, n: int = 240) -> pd.DataFrame:
+    """A table whose target (a change, in degrees) is negative about half the time, with a
+    string column, holes in both input kinds and an id to drop."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "temp": rng.normal(0, 2, n).round(3),
+            "site": rng.choice(["north", "south", "east"], n),
+            "depth": rng.uniform(1, 5, n).round(2),
+        }
+    )
+    shift = frame["site"].map({"north": -3.0, "south": 2.0, "east": 0.0})
+    frame["change"] = (1.5 * frame["temp"] + shift + rng.normal(0, 0.3, n)).round(3)
+    frame.loc[::13, "temp"] = np.nan
+    frame.loc[::17, "site"] = np.nan
+    frame.to_csv(dest, index=False)
+    return frame
+
+
+def test_a_target_with_negative_values_is_regressed_on_its_own_scale(workspace: Path) -> None:
+    frame = signed_table(workspace / HOME / "signed.csv")
+    arrays = load(workspace, "signed.csv", "change", drop=["id"])
+    assert (arrays.task, arrays.target_scale) == ("regression", "linear")
+    meta = split(workspace, arrays)
+    train = split_indices(arrays.y, 0.2, 0.2, 0)["train"]
+    y_train = frame["change"].to_numpy()[train]
+    assert meta["target_scale"] == "linear" and "target_log1p_mean" not in meta
+    assert meta["target_mean"] == pytest.approx(y_train.mean(), abs=1e-5)
+    assert meta["target_std"] == pytest.approx(y_train.std(), abs=1e-5)
+    assert set(meta["trivial_val"]) == {"rmse"}  # the constant guess: train's mean, in RMSE
+    # csv.loss overrides the guess: RMSE on a non-negative target; the bundled tables' meta
+    # (RMSLE) keeps its keys, with no target_scale.
+    diabetes_table(workspace / HOME / "diabetes.csv")
+    assert load(workspace, "diabetes.csv", "progression").target_scale == "log1p"
+    forced = load(workspace, "diabetes.csv", "progression", loss="rmse")
+    assert forced.target_scale == "linear"
+
+
+def test_a_signed_target_trains_scores_and_predicts_negative_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The regressor learns the target itself (RMSE), beats the constant guess and the
+    ridge baseline stays beside it; model.json names the target as its output, and predict
+    and the served model answer negative values as they are."""
+    from reprolab.core import paths
+    from reprolab.core.schema import Params
+    from reprolab.learn import baselines
+    from reprolab.learn.checkpoints import learns_log1p, model_metadata, save_model
+    from reprolab.learn.context import ModelContext
+    from reprolab.learn.engine import fit, make_optimizer, predict
+    from reprolab.learn.objectives import OBJECTIVES
+    from reprolab.learn.serving import Served, answer
+    from reprolab.predict import load_predictor, predict_files
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    (tmp_path / HOME).mkdir(parents=True)
+    signed_table(tmp_path / HOME / "signed.csv")
+    opts = options(f"{HOME}/signed.csv", "change") | {"drop": ["id"]}
+    fetch_dataset("csv", paths.RAW / "csv", options=opts)
+    meta = write_splits(
+        load_raw("csv", paths.RAW / "csv"), paths.splits_dir("tabular"), 0.2, 0.2, 0
+    )
+    params = Params.model_validate(
+        {
+            "datasets": {"tabular": "csv"},
+            "csv": opts,
+            "classifiers": {"mlp": {"arch": "mlp"}},
+            "regressors": {"t": {"arch": "tabular_mlp", "options": {"hidden": [16]}}},
+        }
+    )
+    ctx = ModelContext(params, "t")
+    assert ctx.objective == "regression_rmse" and ctx.arch_spec.target_scale == (
+        meta["target_mean"],
+        meta["target_std"],
+    )
+    model, train, val = ctx.new_model(), ctx.load("train"), ctx.load("val")
+    result = fit(
+        model,
+        train,
+        val,
+        optimizer=make_optimizer(model, ctx.spec, 1e-2, 0.0),
+        train_params=ctx.train,
+        epochs=40,
+        batch_size=32,
+        seed=0,
+        task=ctx.objective,
+        progress=False,
+    )
+    assert "val_rmse" in result.history[0] and "val_rmsle" not in result.history[0]
+    scored = OBJECTIVES[ctx.objective].metrics(predict(model, val), val.y)
+    assert set(scored) == {"rmse", "r2", "loss"} and scored["loss"] == scored["rmse"]
+    assert scored["rmse"] < 0.5 * meta["trivial_val"]["rmse"] and scored["r2"] > 0.8
+    split_files = {s: dict(np.load(paths.split_file("tabular", s))) for s in ("train", "val")}
+    (ridge,), _ = baselines.select_baselines(
+        ["ridge"], split_files["train"], split_files["val"], ctx.objective, 0, 5000
+    )
+    assert "rmsle" not in ridge.val and ridge.val["rmse"] < 0.5 * meta["trivial_val"]["rmse"]
+
+    about = model_metadata(ctx.meta, float(train.x.max()))
+    assert about["output"] == "change" and not learns_log1p(about)
+    folder = tmp_path / "models" / "t"
+    save_model(model, ctx.arch_spec, folder, {"study": "s", "model": "t", **about})
+    (tmp_path / "new.csv").write_text("depth,site,temp\n2.0,north,-1.5\n3.0,south,2.5\n")
+    records = predict_files(load_predictor(str(folder)), ["new.csv"])
+    predicted = [float(r["prediction"]) for r in records]
+    assert predicted[0] < -3.0 < 3.0 < predicted[1]  # about -5.25 and 5.75
+    served = Served(model, ctx.arch_spec.input_shape, "regression", log=False).eval()
+    rows = val.x[:3].cpu().numpy()
+    shown = answer(served, rows, about)
+    assert list(shown.columns) == ["change"]
+    with torch.no_grad():
+        raw = model(val.x[:3]).numpy()[:, 0].astype(np.float64)
+    assert np.array_equal(shown["change"].to_numpy(), raw)

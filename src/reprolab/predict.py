@@ -41,7 +41,8 @@ class Predictor:
     input_shape: tuple[int, ...]  # one input, without the batch axis
     classes: list[str] | None = None
     input_max: float | None = None  # the raw value of a white pixel (e.g. 16 for digits)
-    task: str = "classification"  # regression: the output is log1p of the target
+    task: str = "classification"
+    log: bool = True  # a regressor's output is log1p of its target (else the target)
     features: list[str] | None = None  # a tabular model's column names, in order
     table: dict | None = None  # a user's table's encoding (reprolab.data.tables), replayed
 
@@ -76,7 +77,7 @@ def _rebuild(folder: Path, uri: str | None = None) -> Predictor:
 
     from reprolab.core import registry
     from reprolab.core.paths import SPEC_FILE
-    from reprolab.learn.checkpoints import load_model
+    from reprolab.learn.checkpoints import learns_log1p, load_model
 
     spec_path, shown = folder / SPEC_FILE, uri or str(folder)
     try:
@@ -104,6 +105,7 @@ def _rebuild(folder: Path, uri: str | None = None) -> Predictor:
         info.get("classes"),
         info.get("input_max"),
         info.get("task", "classification"),
+        learns_log1p(info),
         info.get("features"),
         info.get("table"),
     )
@@ -271,7 +273,7 @@ def read_inputs(files: Iterable[str], predictor: Predictor) -> list[tuple[str, n
 
 def predict_files(predictor: Predictor, files: Iterable[str]) -> list[dict]:
     """One record per input: source, predicted class and its probability (a regressor:
-    the predicted target, expm1 of its log1p output, and no probability)."""
+    the predicted target, expm1 of its log1p output or the output itself, no probability)."""
     items = read_inputs(files, predictor)
     batch = np.stack([x for _, x in items]).astype(np.float32)
     logits = np.asarray(predictor.forward(batch), dtype=np.float64)
@@ -280,7 +282,9 @@ def predict_files(predictor: Predictor, files: Iterable[str]) -> list[dict]:
         source = items[int(np.argmin(finite))][0]
         raise PredictError(f"{source}: the model's output is not finite for this input")
     if predictor.task == "regression":
-        values = np.clip(np.expm1(logits[:, 0]), 0.0, None)
+        from reprolab.learn.metrics import target_values
+
+        values = target_values(logits[:, 0], predictor.log)
         return [
             {"input": source, "prediction": f"{v:.6g}", "probability": math.nan}
             for (source, _), v in zip(items, values, strict=True)

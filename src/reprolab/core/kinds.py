@@ -27,6 +27,9 @@ class CsvParams(_Strict):
     drop: list[str] = Field(default_factory=list)  # columns that are no input (ids, leaks)
     # auto: words or few whole numbers are classes, other numbers are regressed.
     task: Literal["auto", "classification", "regression"] = "auto"
+    # A regression's loss and score. auto: RMSLE (the network learns log1p of the target)
+    # where every target is >= 0, else RMSE on the target's own scale.
+    loss: Literal["auto", "rmsle", "rmse"] = "auto"
     max_categories: PositiveInt = 50  # distinct words a string column may hold
 
 
@@ -47,16 +50,36 @@ def unset_own_source(
     return None
 
 
+# meta.json's ``target_scale`` of a regression learned on the target's own scale (RMSE); absent,
+# the regressors learn log1p of the target (RMSLE), as for the bundled tables.
+LINEAR = "linear"
+
+
+def regression_score(meta: dict) -> str:
+    """The score (and loss) a regression is ranked by: RMSE on the target's own scale where
+    meta.json's ``target_scale`` is linear, else RMSLE."""
+    return "rmse" if meta.get("target_scale") == LINEAR else "rmsle"
+
+
+def kind_meta(kind: str) -> dict | None:
+    """data/splits/<kind>/meta.json with its task, or None before any split."""
+    meta = paths.splits_dir(kind) / "meta.json"
+    if not meta.is_file():
+        return None
+    try:
+        recorded = json.loads(meta.read_text())
+        if isinstance(recorded, dict) and isinstance(recorded.get("task"), str):
+            return recorded
+    except ValueError:
+        pass
+    raise StageError(f"{meta}: no task recorded; run `dvc repro split@{kind}`")
+
+
 def kind_task(kind: str) -> str:
     """The task of the dataset of ``kind`` (its models' and baselines'): classification for
     images; for the tabular kind the one its split recorded (regression before any split:
     a user's table's, decided from its target, exists only after split@tabular)."""
     if kind == "image":
         return "classification"
-    meta = paths.splits_dir(kind) / "meta.json"
-    if not meta.is_file():
-        return "regression"
-    try:
-        return json.loads(meta.read_text())["task"]
-    except (ValueError, KeyError, TypeError):
-        raise StageError(f"{meta}: no task recorded; run `dvc repro split@{kind}`") from None
+    meta = kind_meta(kind)
+    return "regression" if meta is None else meta["task"]

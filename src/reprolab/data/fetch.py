@@ -18,6 +18,7 @@ import numpy as np
 from reprolab.core import registry
 from reprolab.core.errors import DataError
 from reprolab.core.io import atomic_dir, file_checksum
+from reprolab.core.kinds import LINEAR
 from reprolab.core.paths import workspace_root
 
 CACHE = Path.home() / ".cache" / "reprolab"
@@ -38,6 +39,8 @@ class Arrays:
     test_mask: np.ndarray | None = None
     features: list[str] = field(default_factory=list)  # tabular: column names
     target: str = ""  # regression: what y measures
+    # regression: the scale the regressors learn y on: log1p (RMSLE; y >= 0) or linear (RMSE)
+    target_scale: str = "log1p"
     # A user's table (sources/csv.py): x holds its raw cells; ``encode(train rows)`` fits the
     # encoding on those rows and returns (float32 x of every row, the JSON record of it).
     encode: Callable[[np.ndarray], tuple[np.ndarray, dict]] | None = None
@@ -115,7 +118,7 @@ def check_arrays(arrays: Arrays, dataset: str) -> None:
         numeric_x = arrays.encode is None  # a table's raw cells: checked by its source
         if not ((not numeric_x or np.isfinite(arrays.x).all()) and np.isfinite(arrays.y).all()):
             raise DataError(f"dataset {dataset!r} holds NaN or infinite values")
-        if arrays.y.min() < 0:
+        if arrays.y.min() < 0 and arrays.target_scale != LINEAR:
             raise DataError(
                 f"dataset {dataset!r}: target min is {arrays.y.min()}; RMSLE (the regression "
                 "loss, on log1p targets) needs targets >= 0"

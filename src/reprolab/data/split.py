@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from reprolab.core.errors import DataError
 from reprolab.core.io import atomic_path, write_json
+from reprolab.core.kinds import LINEAR
 from reprolab.core.npz import Member, NpzWriter, chunk_rows, open_npz
 from reprolab.data.fetch import Arrays
 
@@ -141,13 +142,16 @@ def write_splits(
         "official_test": mask is not None,
     }
     if arrays.task == "regression":
-        # The regressors learn log1p(y) (RMSLE); its train-split statistics scale their output.
-        log_y = np.log1p(arrays.y[indices["train"]].astype(np.float64))
+        # The regressors learn log1p(y) (RMSLE), or y itself where its scale is linear (RMSE);
+        # the train split's statistics of what they learn scale their output.
+        linear = arrays.target_scale == LINEAR
+        learned = learned_target(arrays.y[indices["train"]], linear)
+        stats = "target" if linear else "target_log1p"
+        meta |= {"features": arrays.features, "target": arrays.target}
+        meta |= {"target_scale": LINEAR} if linear else {}  # absent: log1p, as ever
         meta |= {
-            "features": arrays.features,
-            "target": arrays.target,
-            "target_log1p_mean": round(float(log_y.mean()), 6),
-            "target_log1p_std": round(float(log_y.std()) or 1.0, 6),
+            f"{stats}_mean": round(float(learned.mean()), 6),
+            f"{stats}_std": round(float(learned.std()) or 1.0, 6),
         }
     if table is not None:
         meta |= {"features": arrays.features, "target": arrays.target, "table": table}
@@ -174,12 +178,12 @@ def trivial_scores(arrays: Arrays, indices: dict[str, np.ndarray]) -> dict[str, 
     """Validation scores of a model that ignores its input: the bar any model must clear
     to be worth anything (the report flags one that does not, and never makes it champion).
     Classes: always the train split's majority class; regression: always the train split's
-    mean log1p target."""
+    mean of what the regressors learn (log1p of the target, or the target on a linear scale)."""
     y_train, y_val = arrays.y[indices["train"]], arrays.y[indices["val"]]
     if arrays.task == "regression":
-        center = np.log1p(y_train.astype(np.float64)).mean()
-        error = np.log1p(y_val.astype(np.float64)) - center
-        return {"rmsle": round(float(np.sqrt(np.mean(error**2))), 6)}
+        linear = arrays.target_scale == LINEAR
+        error = learned_target(y_val, linear) - learned_target(y_train, linear).mean()
+        return {"rmse" if linear else "rmsle": round(float(np.sqrt(np.mean(error**2))), 6)}
     majority = int(np.bincount(y_train.astype(np.int64)).argmax())
     share = float(np.mean(y_val == majority))
     n_classes = max(len(arrays.classes), 1)
@@ -188,3 +192,9 @@ def trivial_scores(arrays: Arrays, indices: dict[str, np.ndarray]) -> dict[str, 
         "accuracy": round(share, 6),
         "macro_f1": round(2 * share / (1 + share) / n_classes, 6),
     }
+
+
+def learned_target(y: np.ndarray, linear: bool) -> np.ndarray:
+    """What the regressors learn of targets ``y``, in float64: y, or log1p(y) (RMSLE)."""
+    y = y.astype(np.float64)
+    return y if linear else np.log1p(y)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from reprolab.core.errors import DataError, cut
+from reprolab.core.kinds import LINEAR
 
 SUFFIXES = (".csv", ".parquet")
 UNKNOWN = "<unknown>"
@@ -90,9 +91,13 @@ def column_values(frame, column: str, name: str) -> tuple[str, np.ndarray]:
     return "number", numbers
 
 
-def target_values(frame, target: str, task: str, name: str) -> tuple[str, np.ndarray, list[str]]:
-    """(task, y, classes): int64 class indices for classification, float32 for regression.
-    ``task`` "auto": words or few whole numbers are classes, other numbers regression."""
+def target_values(
+    frame, target: str, task: str, name: str, loss: str = "auto"
+) -> tuple[str, np.ndarray, list[str], str]:
+    """(task, y, classes, target scale): int64 class indices for classification, float32 for
+    regression. ``task`` "auto": words or few whole numbers are classes, other numbers
+    regression. A regression's scale (``loss``): log1p (RMSLE, every target >= 0) or linear
+    (RMSE; "auto" takes it for a target with negative values)."""
     if target not in frame.columns:
         raise TableError(
             f"{name}: no target column {target!r} (csv.target); columns: "
@@ -109,13 +114,15 @@ def target_values(frame, target: str, task: str, name: str) -> tuple[str, np.nda
             few = whole and len(np.unique(values)) <= FEW_CLASSES
             task = "classification" if few else "regression"
         if task == "regression":
-            if values.min() < 0:
+            negative = values.min() < 0
+            if negative and loss == "rmsle":
                 row = _first(values < 0)
                 raise TableError(
-                    f"{where}, row {row}: {values[row - 1]:g} < 0; the regressors' RMSLE needs "
-                    "targets >= 0 (shift the column, or set csv.task: classification)"
+                    f"{where}, row {row}: {values[row - 1]:g} < 0; csv.loss rmsle (on log1p) "
+                    "needs targets >= 0 (set csv.loss: rmse or auto)"
                 )
-            return task, values.astype(np.float32), []
+            scale = LINEAR if negative or loss == "rmse" else "log1p"
+            return task, values.astype(np.float32), [], scale
         labels = [str(int(v)) if whole else repr(float(v)) for v in values]
         order = sorted(set(labels), key=lambda s: float(s))
     else:
@@ -126,7 +133,7 @@ def target_values(frame, target: str, task: str, name: str) -> tuple[str, np.nda
             )
         labels, order = list(values), sorted(set(values))
     index = {c: i for i, c in enumerate(order)}
-    return "classification", np.array([index[v] for v in labels], np.int64), order
+    return "classification", np.array([index[v] for v in labels], np.int64), order, ""
 
 
 def inputs(frame, target: str, drop: list[str], max_categories: int, name: str) -> dict:

@@ -1,7 +1,8 @@
 """Classical scikit-learn baselines, so every neural model is ranked beside a classical one.
 
 For images: logistic regression and an RBF SVM on standardised, flattened pixels; for
-feature rows: ridge regression on log1p targets (the regressors' RMSLE objective). Each
+feature rows: ridge regression on log1p targets (the regressors' RMSLE objective), or on the
+targets themselves where the regressors learn them on a linear scale (RMSE). Each
 estimator's regularisation strength is picked on the validation split from a small fixed
 grid (fitted on train only, like the neural models); ``evaluate_baselines`` scores the chosen
 estimators once on test. They are saved with skops (scikit-learn's recommended secure
@@ -46,7 +47,8 @@ def of_task(names: list[str], task: str, key: str) -> list[str]:
     return kept
 
 
-def make_estimator(name: str, value: float, seed: int):
+def make_estimator(name: str, value: float, seed: int, log: bool = True):
+    """``name``'s estimator at grid ``value``; ``log``: a ridge regresses log1p targets."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.compose import TransformedTargetRegressor
     from sklearn.linear_model import LogisticRegression, Ridge
@@ -62,6 +64,8 @@ def make_estimator(name: str, value: float, seed: int):
         estimator = CalibratedClassifierCV(
             SVC(C=value, kernel="rbf", gamma="scale"), method="sigmoid", ensemble=False
         )
+    elif not log:
+        return make_pipeline(StandardScaler(), Ridge(alpha=value))
     else:
         return TransformedTargetRegressor(
             regressor=make_pipeline(StandardScaler(), Ridge(alpha=value)),
@@ -71,14 +75,17 @@ def make_estimator(name: str, value: float, seed: int):
     return make_pipeline(StandardScaler(), estimator)
 
 
-def outputs_of(estimator, task: str, x: np.ndarray) -> torch.Tensor:
-    """The estimator's predictions in the form the task's metrics take from a network:
-    log-probabilities (classification) or log1p predictions (regression)."""
-    if task == "classification":
+def outputs_of(estimator, objective: str, x: np.ndarray) -> torch.Tensor:
+    """The estimator's predictions in the form the objective's metrics take from a network:
+    log-probabilities (classification), log1p predictions (regression) or the predictions
+    (regression on a linear scale, ``regression_rmse``)."""
+    if objective == "classification":
         probabilities = np.clip(estimator.predict_proba(x), 1e-12, 1.0)
         return torch.from_numpy(np.log(probabilities))
-    prediction = np.clip(estimator.predict(x).astype(np.float64), 0.0, None)
-    return torch.from_numpy(np.log1p(prediction))[:, None]
+    prediction = estimator.predict(x).astype(np.float64)
+    if objective == "regression":
+        prediction = np.log1p(np.clip(prediction, 0.0, None))
+    return torch.from_numpy(prediction)[:, None]
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
@@ -103,9 +110,11 @@ class Selected:
 
 
 def select_baselines(
-    names: list[str], train: dict, val: dict, task: str, seed: int, max_rows: int
+    names: list[str], train: dict, val: dict, objective: str, seed: int, max_rows: int
 ) -> tuple[list[Selected], dict]:
-    """Fit each estimator for every grid value on train; keep the best on val."""
+    """Fit each estimator for every grid value on train; keep the best on val.
+    ``objective``: the split's OBJECTIVES key (learn.objectives.objective_key)."""
+    task = OBJECTIVES[objective].name
     rows = _subsample(train["y"], max_rows, seed)
     x_train, y_train = _flat(train["x"][rows]), train["y"][rows]
     if task == "regression":
@@ -118,10 +127,12 @@ def select_baselines(
             raise ValueError(f"baseline {name!r} is for {estimator_task}, not {task}")
         scores, best = [], None
         for value in grid:
-            estimator = make_estimator(name, value, seed).fit(x_train, y_train)
-            metrics = OBJECTIVES[task].metrics(outputs_of(estimator, task, x_val), y_val)
+            estimator = make_estimator(name, value, seed, objective == "regression")
+            estimator.fit(x_train, y_train)
+            outputs = outputs_of(estimator, objective, x_val)
+            metrics = OBJECTIVES[objective].metrics(outputs, y_val)
             scores.append({hyper: value, **metrics})
-            # Best: highest accuracy (classification) or lowest RMSLE; then lowest loss.
+            # Best: highest accuracy (classification) or lowest RMSLE (RMSE); then lowest loss.
             key = (-metrics.get("accuracy", 0.0), metrics["loss"])
             if best is None or key < best[0]:
                 best = (key, value, estimator, metrics)
@@ -209,15 +220,15 @@ def write_selection(selected: list[Selected], folder: Path, val_file: Path) -> N
     write_json(val_file, {s.name: {"val": s.val, s.hyperparameter: s.value} for s in selected})
 
 
-def evaluate_baselines(folder: Path, test: dict, task: str, meta: dict) -> dict[str, dict]:
-    """The one test evaluation of each chosen baseline."""
+def evaluate_baselines(folder: Path, test: dict, objective: str, meta: dict) -> dict[str, dict]:
+    """The one test evaluation of each chosen baseline (``objective``: as select_baselines)."""
     fitted = load_baselines(folder)
     selection = read_json(folder / "selection.json", f"baselines@{folder.name}")
     y = torch.from_numpy(test["y"])
     results = {}
     for name in selection:
-        outputs = outputs_of(fitted[name], task, _flat(test["x"]))
-        metrics, _ = OBJECTIVES[task].test_report(outputs, y, meta)
+        outputs = outputs_of(fitted[name], objective, _flat(test["x"]))
+        metrics, _ = OBJECTIVES[objective].test_report(outputs, y, meta)
         results[name] = metrics
     return results
 

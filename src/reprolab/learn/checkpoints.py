@@ -16,6 +16,7 @@ from torch import nn
 
 from reprolab.core.errors import CheckpointError
 from reprolab.core.io import atomic_path, read_json, write_json
+from reprolab.core.kinds import regression_score
 from reprolab.core.paths import MODEL_FILE, SPEC_FILE
 from reprolab.models._base import ModelSpec, build_saved
 
@@ -87,13 +88,23 @@ def _load_fault(err: Exception) -> str:
 def model_metadata(meta: dict, input_max: float) -> dict:
     """What a caller needs to feed the model raw files: the task, class names and the pixel
     range (an 8-bit image is rescaled to ``[0, input_max]``, e.g. 16 for digits); for a
-    regressor the feature columns and the output's meaning (log1p of the target)."""
+    regressor the feature columns and the output's meaning: ``log1p(<target>)``, or the
+    target's name where it is learned on its own scale (:func:`learns_log1p`)."""
     about = {"task": meta["task"], "classes": list(meta["classes"]), "input_max": input_max}
     if meta["task"] == "regression":
-        about |= {"features": meta["features"], "output": f"log1p({meta['target']})"}
+        target = meta["target"]
+        output = f"log1p({target})" if regression_score(meta) == "rmsle" else target
+        about |= {"features": meta["features"], "output": output}
     if "table" in meta:  # a user's table: the encoding `reprolab predict` replays on new rows
         about |= {"features": meta["features"], "table": meta["table"]}
     return about
+
+
+def learns_log1p(about: dict) -> bool:
+    """Whether a regressor's network outputs log1p of its target (model.json's ``output``
+    names ``log1p(<target>)``; a model saved before linear scales existed has no other)."""
+    output = about.get("output")
+    return output is None or str(output).startswith("log1p(")
 
 
 def read_best_params(folder: Path, stage: str | None = None) -> dict:

@@ -11,9 +11,10 @@ from torch import nn
 from reprolab.core import numerics, paths
 from reprolab.core.errors import ParamsError
 from reprolab.core.io import md5_file
+from reprolab.core.kinds import regression_score
 from reprolab.core.schema import ModelSpec, Params, TrainParams, TuneParams
 from reprolab.learn.device import seed_everything, select_device
-from reprolab.learn.objectives import OBJECTIVES
+from reprolab.learn.objectives import OBJECTIVES, objective_key
 from reprolab.learn.tensors import TensorData, load_meta, load_split, subsample
 from reprolab.models._base import ModelSpec as ArchSpec
 from reprolab.models._base import build_model
@@ -42,16 +43,22 @@ class ModelContext:
         return load_meta(paths.splits_dir(self.kind))
 
     @cached_property
+    def objective(self) -> str:
+        """The OBJECTIVES key of this model: its task (a linear-scale regression's own key)."""
+        return objective_key(self.task, self.meta)
+
+    @cached_property
     def arch_spec(self) -> ArchSpec:
         meta = self.meta
         scale = None
-        if self.task == "regression":
-            scale = (meta["target_log1p_mean"], meta["target_log1p_std"])
+        if self.task == "regression":  # the statistics of what it learns (log1p, or linear)
+            stats = "target_log1p" if regression_score(meta) == "rmsle" else "target"
+            scale = (meta[f"{stats}_mean"], meta[f"{stats}_std"])
         return ArchSpec(
             arch=self.spec.arch,
             options=dict(self.spec.options),
             input_shape=tuple(meta["input_shape"]),
-            n_outputs=OBJECTIVES[self.task].n_outputs(meta),
+            n_outputs=OBJECTIVES[self.objective].n_outputs(meta),
             mean=meta["mean"],
             std=meta["std"],
             target_scale=scale,

@@ -45,20 +45,28 @@ def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -
     ]
 
 
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """RMSLE (the loss; lower is better), RMSE and R² on the target's own scale.
+def regression_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, log: bool = True
+) -> dict[str, float]:
+    """RMSLE (the loss; lower is better), RMSE and R² on the target's own scale; on a linear
+    scale (``log`` False: targets may be negative) no RMSLE, and RMSE is the loss.
 
-    ``loss`` is RMSLE too, so every task's metrics carry a ``loss``."""
+    ``loss`` is the task's loss, so every task's metrics carry a ``loss``."""
     y_true, y_pred = y_true.astype(np.float64), y_pred.astype(np.float64)
-    rmsle = float(np.sqrt(np.mean((np.log1p(y_pred) - np.log1p(y_true)) ** 2)))
     residual = float(np.sum((y_true - y_pred) ** 2))
     total = float(np.sum((y_true - y_true.mean()) ** 2))
-    return {
-        "rmsle": round(rmsle, 6),
-        "rmse": round(float(np.sqrt(residual / len(y_true))), 6),
-        "r2": round(1.0 - residual / total if total > 0 else 0.0, 6),
-        "loss": round(rmsle, 6),
-    }
+    rmse = round(float(np.sqrt(residual / len(y_true))), 6)
+    r2 = round(1.0 - residual / total if total > 0 else 0.0, 6)
+    if not log:
+        return {"rmse": rmse, "r2": r2, "loss": rmse}
+    rmsle = round(float(np.sqrt(np.mean((np.log1p(y_pred) - np.log1p(y_true)) ** 2))), 6)
+    return {"rmsle": rmsle, "rmse": rmse, "r2": r2, "loss": rmsle}
+
+
+def target_values(outputs: np.ndarray, log: bool) -> np.ndarray:
+    """A regressor's outputs as targets: expm1 of its log1p outputs, never below zero (RMSLE),
+    or the outputs themselves (a linear scale)."""
+    return np.clip(np.expm1(outputs), 0.0, None) if log else outputs
 
 
 def frechet_distance(

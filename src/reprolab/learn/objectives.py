@@ -4,7 +4,9 @@ final metrics and the test plot. The training loop (engine.fit) is the same for 
 - classification: cross-entropy; accuracy; macro-F1 and a confusion matrix on test.
 - regression: the loss is RMSLE, the RMSE of log1p(prediction) against log1p(target) (the
   housing-price tutorial's loss): the network outputs log1p(y) (its output layer is scaled by
-  the train split's log1p statistics), so ``expm1`` of the output is the prediction.
+  the train split's log1p statistics), so ``expm1`` of the output is the prediction. A target
+  with negative values (or ``csv.loss: rmse``) is learned on its own scale: RMSE, the network
+  outputs y (scaled by the train split's target statistics).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from reprolab.core.kinds import LINEAR, regression_score
 from reprolab.learn.metrics import (
     classification_metrics,
     confusion_rows,
     regression_metrics,
+    target_values,
 )
 
 
@@ -83,26 +87,33 @@ def exact_sqrt(x: torch.Tensor) -> torch.Tensor:
 
 
 class Regression:
+    """``scale`` log1p: RMSLE, the network outputs log1p(y); linear: RMSE, it outputs y (a
+    target with negative values, or ``csv.loss: rmse``)."""
+
     name = "regression"
-    score = "rmsle"
     test_plot = "predictions"  # actual vs predicted, dvc's scatter template
+
+    def __init__(self, scale: str) -> None:
+        self.log = scale != LINEAR
+        self.score = "rmsle" if self.log else "rmse"
 
     def n_outputs(self, meta: dict) -> int:
         return 1
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return exact_sqrt(nn.functional.mse_loss(outputs[:, 0], torch.log1p(y)))
+        target = torch.log1p(y) if self.log else y
+        return exact_sqrt(nn.functional.mse_loss(outputs[:, 0], target))
 
     def loss_and_score(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = self.loss(outputs, y)
-        return torch.stack([loss, loss])  # the loss is the score (RMSLE)
+        return torch.stack([loss, loss])  # the loss is the score (RMSLE or RMSE)
 
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
-        """Targets on their own scale: expm1 of the log1p output, never below zero."""
-        return np.clip(np.expm1(outputs[:, 0].double().cpu().numpy()), 0.0, None)
+        """Targets on their own scale (float64)."""
+        return target_values(outputs[:, 0].double().cpu().numpy(), self.log)
 
     def metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return regression_metrics(y.double().cpu().numpy(), self.predictions(outputs))
+        return regression_metrics(y.double().cpu().numpy(), self.predictions(outputs), self.log)
 
     def test_report(
         self, outputs: torch.Tensor, y: torch.Tensor, meta: dict
@@ -115,4 +126,16 @@ class Regression:
         return metrics, rows
 
 
-OBJECTIVES = {"classification": Classification(), "regression": Regression()}
+# Keyed by objective_key: the task, and for a regression on a linear scale its own key.
+OBJECTIVES = {
+    "classification": Classification(),
+    "regression": Regression("log1p"),
+    "regression_rmse": Regression(LINEAR),
+}
+
+
+def objective_key(task: str, meta: dict) -> str:
+    """The OBJECTIVES key of ``task`` on the split described by ``meta`` (its meta.json)."""
+    if task == "regression" and regression_score(meta) == "rmse":
+        return "regression_rmse"
+    return task

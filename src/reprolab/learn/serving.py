@@ -2,7 +2,8 @@
 
 A classifier answers one row per input: ``class`` (its name, from model.json's ``classes``),
 ``class_index`` and one probability column per class name; a regressor its target in its
-own units (expm1 of the log1p the network outputs, as `reprolab predict` prints it), in a
+own units (expm1 of the log1p the network outputs, or its output where it learns the target
+on its own scale, as `reprolab predict` prints it), in a
 column named after it. A row may be given flat (a tabular model's features, or an image's
 pixels row by row): it is reshaped to the network's input.
 
@@ -26,31 +27,38 @@ SERVED_CODE = Path(__file__).with_name("served_model.py")
 
 
 class Served(nn.Module):
-    def __init__(self, network: nn.Module, input_shape: tuple[int, ...], task: str) -> None:
+    """``log``: a regressor's network outputs log1p of its target (else the target)."""
+
+    def __init__(
+        self, network: nn.Module, input_shape: tuple[int, ...], task: str, log: bool = True
+    ) -> None:
         super().__init__()
         self.network, self.input_shape, self.task = network, tuple(input_shape), task
+        self.log = log
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.network(x.float().reshape(-1, *self.input_shape))
         if self.task == "regression":
-            return torch.expm1(out).clamp(min=0.0)
+            return torch.expm1(out).clamp(min=0.0) if self.log else out
         return torch.softmax(out, dim=1)
 
 
 def load_served(folder: Path) -> tuple[Served, dict]:
     """The served network of ``folder``'s model.json + model.pt (weights only), and
     model.json's contents (task, classes, the regressor's output)."""
-    from reprolab.learn.checkpoints import load_model
+    from reprolab.learn.checkpoints import learns_log1p, load_model
 
     network, info = load_model(folder, "cpu", shown=str(folder))
-    served = Served(network, info["input_shape"], info.get("task", "classification"))
+    task = info.get("task", "classification")
+    served = Served(network, info["input_shape"], task, learns_log1p(info))
     return served.eval(), info
 
 
 def target_name(about: dict) -> str:
-    """A regressor's answer column: the target model.json's ``output`` is log1p of."""
-    output = str(about.get("output", ""))
-    return output[len("log1p(") : -1] if output.startswith("log1p(") else "prediction"
+    """A regressor's answer column: the target model.json's ``output`` names (``log1p(y)``
+    or ``y``)."""
+    output = str(about.get("output") or "prediction")
+    return output[len("log1p(") : -1] if output.startswith("log1p(") else output
 
 
 def answer(served: Served, rows, about: dict):

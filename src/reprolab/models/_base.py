@@ -37,7 +37,8 @@ class Standardize(nn.Module):
 
 class OutputScale(nn.Module):
     """y * std + mean: a regressor's core learns a standardised target, the model outputs
-    it on its own (log1p) scale; the train split's statistics are buffers."""
+    it on the scale it is learned on (log1p, or the target's own); the train split's
+    statistics are buffers."""
 
     def __init__(self, mean: float, std: float) -> None:
         super().__init__()
@@ -58,7 +59,7 @@ class ModelSpec:
     n_outputs: int
     mean: list[float]
     std: list[float]
-    # Regression: (mean, std) of the train split's log1p targets, for OutputScale.
+    # Regression: (mean, std) of the train split's learned targets (log1p or linear).
     target_scale: tuple[float, float] | None = None
 
     def to_json(self) -> dict:

@@ -40,15 +40,13 @@ def _curves(fig: Figure, model: str, params: Params, inputs: dict) -> bool:
         loss_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
     loss_ax.set(xlabel="epoch", ylabel="loss", title=f"{model}: loss")
     loss_ax.legend()
-    # The task's validation score: val_accuracy (classifiers) or val_rmsle (regressors).
+    # The task's validation score: val_accuracy (classifiers), val_rmsle or val_rmse.
     score = next(
         (k for k in (rows[0] if rows else {}) if k.startswith("val_") and k != "val_loss"), None
     )
     if score is not None:
         acc_ax.plot(epochs, [float(r[score]) for r in rows], marker="o", color="C2")
-        label = (
-            score.removeprefix("val_").upper() if "rmsle" in score else score.removeprefix("val_")
-        )
+        label = score.removeprefix("val_").upper() if "rms" in score else score.removeprefix("val_")
         acc_ax.set(xlabel="epoch", ylabel=f"val {label}", title=f"{model}: validation {label}")
     return True
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from reprolab.core import paths
 from reprolab.core.io import atomic_dir, read_json
-from reprolab.core.kinds import kind_task
+from reprolab.core.kinds import kind_meta, regression_score
 from reprolab.core.schema import Params
 from reprolab.report.figures import draw_figures
 from reprolab.tracking.runs import logged_metrics
@@ -57,9 +57,13 @@ def sections(params: Params) -> list[Section]:
             Section("classifiers", "image", params.datasets.image, metric, True, CLASS_COLUMNS)
         )
     if params.regressors:
-        # A user's table of classes: its models are ranked as the classifiers are.
-        classes = kind_task("tabular") == "classification"
-        ranked = (metric, True, CLASS_COLUMNS) if classes else ("rmsle", False, REGRESSION_COLUMNS)
+        # A user's table of classes: its models are ranked as the classifiers are; one
+        # regressed on a linear scale (negative targets) by RMSE, with no RMSLE column.
+        meta = kind_meta("tabular") or {"task": "regression"}
+        score = regression_score(meta)
+        columns = tuple(c for c in REGRESSION_COLUMNS if score == "rmsle" or c[2] != "rmsle")
+        classes = meta["task"] == "classification"
+        ranked = (metric, True, CLASS_COLUMNS) if classes else (score, False, columns)
         out.append(Section("regressors", "tabular", params.datasets.tabular, *ranked))
     if params.generators:
         out.append(
@@ -169,12 +173,12 @@ def leaderboards(params: Params) -> tuple[list[tuple[Section, list[dict]]], dict
     return boards, figures
 
 
-HEADLINE = {"accuracy": "test_acc", "rmsle": "test_rmsle", "fid": "test_fid"}
+HEADLINE = {"accuracy": "test_acc", "rmsle": "test_rmsle", "rmse": "test_rmse", "fid": "test_fid"}
 
 
 def headline_metrics(params: Params, boards: list[tuple[Section, list[dict]]]) -> dict:
     """reports/metrics.json, the pipeline's DVC metrics: one test number per network (its
-    section's headline: accuracy, RMSLE or Fréchet distance), so a default `dvc exp show`
+    section's headline: accuracy, RMSLE (RMSE) or Fréchet distance), so a default `dvc exp show`
     or `dvc metrics diff` fits a terminal. Every other number stays in metrics/<model>/*.json
     (`dvc metrics diff --targets metrics`)."""
     headline = {}

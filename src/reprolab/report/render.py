@@ -37,7 +37,7 @@ def _cells(section: Section, rank: int, r: dict) -> list[str]:
 
 
 def _header(section: Section) -> list[str]:
-    metric = {"rmsle": "RMSLE", "fid": "Fréchet distance"}.get(
+    metric = {"rmsle": "RMSLE", "rmse": "RMSE", "fid": "Fréchet distance"}.get(
         section.rank_metric, section.rank_metric
     )
     return [

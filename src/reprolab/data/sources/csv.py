@@ -8,7 +8,8 @@ encoding (reprolab.data.tables) on the train rows and records it in meta.json; t
 copy it into model.json, where `reprolab predict` replays it on new rows.
 
 The task: a target of words or of at most ``tables.FEW_CLASSES`` whole numbers is
-classification, other numbers regression (RMSLE: targets >= 0); ``csv.task`` overrides it.
+classification, other numbers regression: RMSLE where every target is >= 0, RMSE on the
+target's own scale where some are negative; ``csv.task`` and ``csv.loss`` override both.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def copy_into(dest: Path, options: dict) -> None:
     shown = source.relative_to(workspace_root().resolve()).as_posix()
     tables.read_table(source, shown)  # a wrong suffix or an unreadable file named as the user's
     shutil.copyfile(source, dest / f"table{source.suffix.lower()}")
-    record = {k: options[k] for k in ("target", "drop", "task", "max_categories")}
+    record = {k: options[k] for k in ("target", "drop", "task", "loss", "max_categories")}
     (dest / OPTIONS_FILE).write_text(json.dumps({"file": shown, **record}, indent=1) + "\n")
 
 
@@ -72,7 +73,8 @@ def load(raw_dir: Path) -> Arrays:
         raise TableError(f"{raw_dir}: no copy of {name}; run `dvc repro -f download@tabular`")
     frame = tables.read_table(data, name)
     target = options["target"]
-    task, y, classes = tables.target_values(frame, target, options["task"], name)
+    loss = options.get("loss", "auto")  # a copy made before csv.loss existed: auto
+    task, y, classes, scale = tables.target_values(frame, target, options["task"], name, loss)
     columns = tables.inputs(frame, target, options["drop"], options["max_categories"], name)
 
     def encode(train: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -85,5 +87,5 @@ def load(raw_dir: Path) -> Arrays:
     raw = np.empty((len(y), len(columns)), dtype=object)  # encoded by ``split``, on train
     return Arrays(
         x=raw, y=y, classes=classes, task=task, features=list(columns), target=target,
-        encode=encode,
+        target_scale=scale or "log1p", encode=encode,
     )  # fmt: skip

@@ -8,7 +8,7 @@ import time
 from reprolab.core import paths
 from reprolab.core.io import write_json, write_tsv
 from reprolab.learn import distributed
-from reprolab.learn.checkpoints import load_model, model_metadata, save_model
+from reprolab.learn.checkpoints import learns_log1p, load_model, model_metadata, save_model
 from reprolab.learn.context import ModelContext
 from reprolab.learn.engine import fit, make_optimizer, predict
 from reprolab.learn.loop import EpochCallback
@@ -21,7 +21,8 @@ from reprolab.tracking.tags import flatten
 
 
 class SupervisedTask(Task):
-    """A network trained on (x, y) with the loss of ``OBJECTIVES[name]``."""
+    """A network trained on (x, y) with the loss of its objective (``OBJECTIVES[name]``, or
+    for a regression on a linear scale its own: ``ModelContext.objective``)."""
 
     objective = "val_loss"
     # learn.engine.fit's: early stopping, schedule, kernels, compile, augmentation.
@@ -30,7 +31,6 @@ class SupervisedTask(Task):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.loss = OBJECTIVES[name]
 
     def trial_fitter(self, ctx: ModelContext) -> TrialFit:
         train, val = ctx.trial_train(), ctx.load("val")
@@ -48,7 +48,7 @@ class SupervisedTask(Task):
                 epochs=ctx.tune.epochs,
                 batch_size=ctx.spec.batch_size,
                 seed=ctx.params.seed,
-                task=self.name,
+                task=ctx.objective,
                 on_epoch=on_epoch,
                 desc=desc,
             )
@@ -72,14 +72,14 @@ class SupervisedTask(Task):
             epochs=ctx.train.max_epochs,
             batch_size=ctx.spec.batch_size,
             seed=p.seed,
-            task=self.name,
+            task=ctx.objective,
             desc=f"train {ctx.name}",
         )
         # Wall-clock time goes to MLflow only: DVC outputs must be byte-equal across reruns.
         train_seconds = time.perf_counter() - started
         if not distributed.is_main():
             return None  # under torchrun, rank 0 alone evaluates, writes and logs
-        val_metrics = self.loss.metrics(predict(model, val), val.y)
+        val_metrics = OBJECTIVES[ctx.objective].metrics(predict(model, val), val.y)
         run_record = describe_run(ctx, result, best, model)
         folder = paths.model_dir(ctx.name)
         about = model_metadata(ctx.meta, float(train.x.max()))
@@ -99,7 +99,7 @@ class SupervisedTask(Task):
         model, info = load_model(paths.model_dir(ctx.name), ctx.device, stage=trained_by)
         run = stage_execution(ctx, "evaluate", info["study"], tags)
         test = ctx.load("test")
-        task = self.loss
+        task = OBJECTIVES[ctx.objective]
         metrics, rows = task.test_report(predict(model, test), test.y, ctx.meta)
         write_json(paths.METRICS / ctx.name / "test.json", metrics)
         plot = paths.TEST_PLOT.get(ctx.group, task.test_plot)
@@ -112,7 +112,8 @@ class SupervisedTask(Task):
 
 def _log_final(ctx, model, best, tags, logged, run_record, history, val, about, weights_md5):
     train_params = flatten("train", ctx.train.model_dump(mode="json"))
-    served = Served(model.to("cpu"), ctx.arch_spec.input_shape, ctx.task).eval()
+    log = learns_log1p(about)
+    served = Served(model.to("cpu"), ctx.arch_spec.input_shape, ctx.task, log).eval()
     example = val.x[:4].float().cpu().numpy()
     log_final_model(
         ctx,
