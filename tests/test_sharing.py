@@ -126,24 +126,34 @@ def test_predict_images_and_csv_from_registry_and_dvc_folder(
 
 
 def test_predict_names_a_missing_model_or_an_unreadable_file(
-    tiny_pipeline: dict, tmp_path: Path
+    tiny_pipeline: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """One `error:` line naming the bad value, no traceback: the registry case through the
+    real command; the folder and file cases through its `main`, in this process."""
+    from reprolab.cli import main
+
     repo = tiny_pipeline["repo"]
     images, _, _ = _write_inputs(repo, tmp_path, n=1)
     bad = tmp_path / "broken.png"
     bad.write_text("not an image")
+    result = _predict(
+        repo, "--model", "models:/digits-nosuch@champion", str(images[0]), check=False
+    )
+    assert result.returncode == 1 and "error:" in result.stderr, result.stderr
+    assert "digits-nosuch" in result.stderr and "Traceback" not in result.stderr
     cases = [
-        (["--model", "models:/digits-nosuch@champion", str(images[0])], "digits-nosuch"),
         (["--model", "models/nosuch", str(images[0])], "models/nosuch"),
         (["--model", "models/mlp", str(bad)], "broken.png"),
         (["--model", "models/mlp", str(tmp_path / "missing.png")], "missing.png"),
         (["--model", "models/mlp", str(repo / "params.yaml")], "unsupported input type"),
     ]
+    monkeypatch.chdir(repo)
     for args, named in cases:
-        result = _predict(repo, *args, check=False)
-        assert result.returncode != 0, args
-        assert "error:" in result.stderr and named in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr
+        with pytest.raises(SystemExit) as exited:  # what the interpreter prints, then exit 1
+            main(["predict", *args])
+        message = str(exited.value.code)
+        assert message.startswith("error:") and named in message, message
+        assert "\n" not in message
 
 
 def test_predict_from_another_folder_never_creates_a_tracking_store(

@@ -273,10 +273,10 @@ def test_a_user_csv_runs_through_tune_train_evaluate_and_predict(
     """Real `dvc repro` of the tabular kind on iris with a string column and holes: the MLP
     classifies it, predict replays the encoding on new rows (columns by name, in any order,
     a hole and an unseen category), and editing the table makes download@tabular stale.
-    Then a table with a signed target: the MLP regresses it with RMSE (ridge beside it:
-    test_a_signed_target_trains_scores_and_predicts_negative_values), and predict answers
-    negative values."""
-    from conftest import TINY_PARAMS, make_repo, run, set_params, stages_run
+    (A regressed table's stages run the same code with the task's objective: in this
+    process, test_a_signed_target_trains_scores_and_predicts_negative_values; through the
+    real `dvc repro`, bench/user_tables.py.)"""
+    from conftest import TINY_PARAMS, make_repo, run, stages_run
 
     from reprolab.cli import main
 
@@ -312,23 +312,6 @@ def test_a_user_csv_runs_through_tune_train_evaluate_and_predict(
     assert predicted == [["new.csv:2", "setosa"], ["new.csv:3", "virginica"]]
     frame.iloc[:-1].to_csv(table, index=False)
     assert "download@tabular" in run(["dvc", "status", "download@tabular"], repo).stdout
-
-    # The same workspace, another table: a signed target, regressed on its own scale (RMSE).
-    signed_table(repo / HOME / "signed.csv")
-    csv = {"path": f"{HOME}/signed.csv", "target": "change", "drop": ["id"]}
-    budget = {"epochs": 4, "max_epochs": 60}
-    regressors = {"tabular_mlp": {"budget": budget}}
-    set_params(repo, {"csv": csv, "regressors": regressors, "train": {"patience": 10}})
-    run(["dvc", "repro", "evaluate_regressor@tabular_mlp"], repo)
-    meta = json.loads((repo / "data/splits/tabular/meta.json").read_text())
-    assert (meta["task"], meta["target_scale"]) == ("regression", "linear")
-    test = json.loads((repo / "metrics/tabular_mlp/test.json").read_text())
-    assert "rmsle" not in test and test["loss"] == test["rmse"] < meta["trivial_val"]["rmse"]
-    new.write_text("depth,site,temp\n2.0,north,-1.5\n3.0,south,2.5\n")
-    main(["predict", "--model", "models/tabular_mlp", "new.csv"])
-    out = capsys.readouterr().out.strip().splitlines()[1:]
-    low, high = (float(line.split("\t")[1]) for line in out)
-    assert low < 0 < high  # about -5.25 and 5.75: negative answers as they are
 
 
 def signed_table(dest: Path, n: int = 240) -> pd.DataFrame:
@@ -370,79 +353,82 @@ def test_a_target_with_negative_values_is_regressed_on_its_own_scale(workspace: 
     assert forced.target_scale == "linear"
 
 
-def test_a_signed_target_trains_scores_and_predicts_negative_values(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_signed_target_tunes_trains_evaluates_and_predicts_negative_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """The regressor learns the target itself (RMSE), beats the constant guess and the
-    ridge baseline stays beside it; model.json names the target as its output, and predict
-    and the served model answer negative values as they are."""
+    """The regression task's stage code on a signed target, in this process with a real
+    MLflow store: a tuning trial, the final training and the test evaluation learn and score
+    the target itself (RMSE), beating the constant guess, with ridge beside them; model.json
+    names the target as its output; `reprolab predict` and the logged model answer negative
+    values as they are."""
+    import subprocess
+
+    from conftest import clean_env
+
+    from reprolab.cli import main
     from reprolab.core import paths
     from reprolab.core.schema import Params
     from reprolab.learn import baselines
-    from reprolab.learn.checkpoints import learns_log1p, model_metadata, save_model
+    from reprolab.learn.checkpoints import learns_log1p
     from reprolab.learn.context import ModelContext
-    from reprolab.learn.engine import fit, make_optimizer, predict
-    from reprolab.learn.objectives import OBJECTIVES
-    from reprolab.learn.serving import Served, answer
-    from reprolab.predict import load_predictor, predict_files
+    from reprolab.learn.serving import answer, load_served
+    from reprolab.learn.tasks import get_task
+    from reprolab.tracking.runs import stage_execution
+    from reprolab.tracking.tags import stage_tags
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     (tmp_path / HOME).mkdir(parents=True)
+    (tmp_path / ".dvc").mkdir()
+    for cmd in (["git", "init", "-q"], ["git", "commit", "-q", "--allow-empty", "-m", "0"]):
+        subprocess.run(cmd, cwd=tmp_path, env=clean_env(), check=True)
     signed_table(tmp_path / HOME / "signed.csv")
     opts = options(f"{HOME}/signed.csv", "change") | {"drop": ["id"]}
     fetch_dataset("csv", paths.RAW / "csv", options=opts)
     meta = write_splits(
         load_raw("csv", paths.RAW / "csv"), paths.splits_dir("tabular"), 0.2, 0.2, 0
     )
+    trivial = meta["trivial_val"]["rmse"]
+    budget = {"epochs": 3, "max_epochs": 40}
     params = Params.model_validate(
         {
             "datasets": {"tabular": "csv"},
             "csv": opts,
+            "train": {"patience": 40},
             "classifiers": {"mlp": {"arch": "mlp"}},
-            "regressors": {"t": {"arch": "tabular_mlp", "options": {"hidden": [16]}}},
+            "regressors": {"t": {"arch": "tabular_mlp", "budget": budget}},
         }
     )
-    ctx = ModelContext(params, "t")
-    assert ctx.objective == "regression_rmse" and ctx.arch_spec.target_scale == (
-        meta["target_mean"],
-        meta["target_std"],
-    )
-    model, train, val = ctx.new_model(), ctx.load("train"), ctx.load("val")
-    result = fit(
-        model,
-        train,
-        val,
-        optimizer=make_optimizer(model, ctx.spec, 1e-2, 0.0),
-        train_params=ctx.train,
-        epochs=40,
-        batch_size=32,
-        seed=0,
-        task=ctx.objective,
-        progress=False,
-    )
-    assert "val_rmse" in result.history[0] and "val_rmsle" not in result.history[0]
-    scored = OBJECTIVES[ctx.objective].metrics(predict(model, val), val.y)
-    assert set(scored) == {"rmse", "r2", "loss"} and scored["loss"] == scored["rmse"]
-    assert scored["rmse"] < 0.5 * meta["trivial_val"]["rmse"] and scored["r2"] > 0.8
+    ctx, task = ModelContext(params, "t"), get_task("regression")
+    assert ctx.objective == "regression_rmse"
+    assert ctx.arch_spec.target_scale == (meta["target_mean"], meta["target_std"])
+    rows: list[dict] = []
+    value, _ = task.trial_fitter(ctx)(1e-2, 0.0, lambda epoch, row: rows.append(row), "trial")
+    assert "val_rmse" in rows[0] and "val_rmsle" not in rows[0]
+    assert value == min(row["val_loss"] for row in rows)
+
+    tags = stage_tags("cpu", params, ctx.data_files(("train", "val")))
+    best = {"lr": 1e-2, "weight_decay": 0.0, "study": "signed"}
+    stage_execution(ctx, "train", best["study"], tags)
+    val = task.train_final(ctx, best, tags)["val"]
+    assert set(val) == {"rmse", "r2", "loss"} and val["loss"] == val["rmse"] < 0.5 * trivial
+    test = task.evaluate(ctx, tags)
+    assert "rmsle" not in test and test["rmse"] < 0.5 * trivial and test["r2"] > 0.8
     split_files = {s: dict(np.load(paths.split_file("tabular", s))) for s in ("train", "val")}
     (ridge,), _ = baselines.select_baselines(
         ["ridge"], split_files["train"], split_files["val"], ctx.objective, 0, 5000
     )
-    assert "rmsle" not in ridge.val and ridge.val["rmse"] < 0.5 * meta["trivial_val"]["rmse"]
+    assert "rmsle" not in ridge.val and ridge.val["rmse"] < 0.5 * trivial
 
-    about = model_metadata(ctx.meta, float(train.x.max()))
+    served, about = load_served(paths.model_dir("t"))
     assert about["output"] == "change" and not learns_log1p(about)
-    folder = tmp_path / "models" / "t"
-    save_model(model, ctx.arch_spec, folder, {"study": "s", "model": "t", **about})
     (tmp_path / "new.csv").write_text("depth,site,temp\n2.0,north,-1.5\n3.0,south,2.5\n")
-    records = predict_files(load_predictor(str(folder)), ["new.csv"])
-    predicted = [float(r["prediction"]) for r in records]
-    assert predicted[0] < -3.0 < 3.0 < predicted[1]  # about -5.25 and 5.75
-    served = Served(model, ctx.arch_spec.input_shape, "regression", log=False).eval()
-    rows = val.x[:3].cpu().numpy()
-    shown = answer(served, rows, about)
-    assert list(shown.columns) == ["change"]
+    main(["predict", "--model", "models/t", "new.csv"])
+    out = capsys.readouterr().out.strip().splitlines()[1:]
+    low, high = (float(line.split("\t")[1]) for line in out)
+    assert low < -3.0 < 3.0 < high  # about -5.25 and 5.75: negative answers as they are
+    x = torch.from_numpy(np.load(paths.split_file("tabular", "val"))["x"][:3])
     with torch.no_grad():
-        raw = model(val.x[:3]).numpy()[:, 0].astype(np.float64)
-    assert np.array_equal(shown["change"].to_numpy(), raw)
+        raw = served.network(x).numpy()[:, 0].astype(np.float64)
+    assert np.array_equal(answer(served, x.numpy(), about)["change"].to_numpy(), raw)
