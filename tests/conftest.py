@@ -24,6 +24,11 @@ import yaml
 from reprolab.core import numerics
 from reprolab.core.checkout import copy_sources
 
+# Idle OpenMP threads sleep instead of spinning: the suite runs two workers and the stages
+# they start (each with params.yaml's 2 threads) on 2 cores, where libgomp's default spin-wait
+# burns CPU another process needs. Scheduling only: no result depends on it. Inherited by
+# every command the tests run (clean_env).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The tests' own process computes with the pipeline's default numerics, set before any test
 # module imports torch (its CPU kernels are chosen when it loads), as every stage does.
 numerics.apply("portable")
