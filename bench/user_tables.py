@@ -84,6 +84,7 @@ def run_table(name: str, root: Path) -> dict:
         "table": name,
         "task": meta["task"],
         "sizes": meta["sizes"],
+        "constant_guess_val": meta["trivial_val"],  # the bar any model must clear
         "metric": metric,
         "models": {m: v[metric] for m, v in models.items()},
         "stage_seconds": times,
@@ -104,6 +105,7 @@ def main() -> None:
         for model, value in r["models"].items():
             print(f"{r['table']:<10} {r['task']:<15} {model:<20} {r['metric']:>6} {value:.4f}")
         print(f"{r['table']:<10} sizes {r['sizes']}, all stages {r['total_seconds']:.1f} s")
+        print(f"{r['table']:<10} a constant guess scores {r['constant_guess_val']} on val")
     (root / "user_tables.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
