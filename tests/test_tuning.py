@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
 import pytest
 from conftest import clean_env, copy_repo, md5s, run, set_params
-
-from reprolab.core.io import file_lock
 
 pytestmark = pytest.mark.slow
 
@@ -45,31 +45,26 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     )
 
 
-def wait_for_trials(storage: str, count: int, timeout: float = 420) -> optuna.Study:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        database = storage.removeprefix("sqlite:///")
-        if not Path(database).exists():
-            time.sleep(0.2)
-            continue
-        # The lock the stage's workers take to create the tables: a reader opening the
-        # storage meanwhile would race them.
-        with file_lock(database + ".lock"):
-            summaries = optuna.get_all_study_summaries(storage)
-        for summary in summaries:
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            # And a trial running, so that a kill now leaves one to retry instead of landing
-            # between two trials (trials on the tiny data take a fraction of a second).
-            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-            if len(finished(study)) >= count and running:
-                return study
-        time.sleep(0.02)
-    raise AssertionError(f"no study reached {count} finished trials in {timeout}s")
+def _caught_mid_study(database: str, count: int) -> int | None:
+    """The study_id of a study with ``count`` finished trials and one running, read with a
+    plain read-only SQLite query (about a millisecond: the window between two trials of the
+    tiny data is a fraction of a second, too short for a poll through Optuna's storage)."""
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as db:
+            rows = db.execute(
+                "SELECT study_id, SUM(state IN ('COMPLETE', 'PRUNED')), SUM(state = 'RUNNING')"
+                " FROM trials GROUP BY study_id"
+            ).fetchall()
+    except sqlite3.OperationalError:  # not created yet, or the tables being created
+        return None
+    return next((study for study, done, running in rows if done >= count and running), None)
 
 
 def kill_tune_after(repo: Path, storage: str, trials: int, log: Path) -> optuna.Study:
-    """Run `dvc repro tune@mlp`; SIGKILL it (dvc, the stage, its spawned workers) once the
-    study has ``trials`` finished trials and another running."""
+    """Run `dvc repro tune@mlp`; SIGKILL it (dvc, the stage, its spawned workers) as soon as
+    a study has ``trials`` finished trials and another running. A stage that ends first
+    fails the test at once with its log."""
+    database = storage.removeprefix("sqlite:///")
     with open(log, "w") as out:
         proc = subprocess.Popen(
             ["dvc", "repro", "tune@mlp"],
@@ -79,11 +74,22 @@ def kill_tune_after(repo: Path, storage: str, trials: int, log: Path) -> optuna.
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        deadline, caught = time.monotonic() + 300, None
         try:
-            return wait_for_trials(storage, trials)
+            while caught is None and proc.poll() is None and time.monotonic() < deadline:
+                caught = _caught_mid_study(database, trials) if Path(database).exists() else None
+                time.sleep(0 if caught else 0.005)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    assert caught is not None, (
+        f"no study was caught with {trials} finished trials and one running"
+        f" (stage exit {proc.returncode}):\n{log.read_text()[-3000:]}"
+    )
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        query = "SELECT study_name FROM studies WHERE study_id = ?"
+        (name,) = db.execute(query, (caught,)).fetchone()
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def test_sigkilled_tune_resumes_its_study_to_exactly_n_trials(
