@@ -6,7 +6,6 @@ from reprolab.core.stage import imports_done, run_stage
 
 def main(params, args) -> None:
     from reprolab.core import paths
-    from reprolab.core.kinds import kind_meta, kind_task
     from reprolab.core.npz import open_npz
     from reprolab.learn.baselines import (
         log_baselines,
@@ -16,11 +15,13 @@ def main(params, args) -> None:
         write_selection,
     )
     from reprolab.learn.objectives import objective_key
+    from reprolab.learn.tensors import load_meta
     from reprolab.tracking.tags import stage_tags
 
     imports_done()
 
-    task = kind_task(args.kind)
+    meta = load_meta(paths.splits_dir(args.kind))
+    task = meta["task"]
     splits = {}
     for name in ("train", "val"):
         members = open_npz(paths.split_file(args.kind, name))
@@ -32,7 +33,7 @@ def main(params, args) -> None:
         names,
         splits["train"],
         splits["val"],
-        objective_key(task, kind_meta(args.kind) or {}),
+        objective_key(task, meta),
         params.seed,
         params.baselines.max_rows,
     )

@@ -8,7 +8,6 @@ def main(params, args) -> None:
 
     from reprolab.core import paths
     from reprolab.core.io import md5_file, write_json
-    from reprolab.core.kinds import kind_task
     from reprolab.learn.baselines import FILE, evaluate_baselines, log_baselines
     from reprolab.learn.objectives import objective_key
     from reprolab.learn.tensors import load_meta
@@ -16,10 +15,10 @@ def main(params, args) -> None:
 
     imports_done()
 
-    task = kind_task(args.kind)
+    meta = load_meta(paths.splits_dir(args.kind))
+    task = meta["task"]
     with np.load(paths.split_file(args.kind, "test")) as data:
         test = {"x": data["x"], "y": data["y"]}
-    meta = load_meta(paths.splits_dir(args.kind))
     folder = paths.MODELS / "baselines" / args.kind
     results = evaluate_baselines(folder, test, objective_key(task, meta), meta)
     write_json(paths.METRICS / "baselines" / args.kind / "test.json", results)

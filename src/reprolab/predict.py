@@ -282,9 +282,9 @@ def predict_files(predictor: Predictor, files: Iterable[str]) -> list[dict]:
         source = items[int(np.argmin(finite))][0]
         raise PredictError(f"{source}: the model's output is not finite for this input")
     if predictor.task == "regression":
-        from reprolab.learn.metrics import target_values
+        from reprolab.learn.metrics import predicted_targets
 
-        values = target_values(logits[:, 0], predictor.log)
+        values = predicted_targets(logits[:, 0], predictor.log)
         return [
             {"input": source, "prediction": f"{v:.6g}", "probability": math.nan}
             for (source, _), v in zip(items, values, strict=True)

@@ -61,6 +61,13 @@ def regression_score(meta: dict) -> str:
     return "rmse" if meta.get("target_scale") == LINEAR else "rmsle"
 
 
+def learned_stats(meta: dict) -> str:
+    """The prefix of meta.json's train statistics of what a regressor learns (its output's
+    scale): ``target`` (``target_mean``, ``target_std``) on a linear scale, else
+    ``target_log1p``."""
+    return "target" if meta.get("target_scale") == LINEAR else "target_log1p"
+
+
 def kind_meta(kind: str) -> dict | None:
     """data/splits/<kind>/meta.json with its task, or None before any split."""
     meta = paths.splits_dir(kind) / "meta.json"

@@ -14,7 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from reprolab.core.errors import DataError
 from reprolab.core.io import atomic_path, write_json
-from reprolab.core.kinds import LINEAR
+from reprolab.core.kinds import LINEAR, learned_stats
 from reprolab.core.npz import Member, NpzWriter, chunk_rows, open_npz
 from reprolab.data.fetch import Arrays
 
@@ -146,9 +146,9 @@ def write_splits(
         # the train split's statistics of what they learn scale their output.
         linear = arrays.target_scale == LINEAR
         learned = learned_target(arrays.y[indices["train"]], linear)
-        stats = "target" if linear else "target_log1p"
         meta |= {"features": arrays.features, "target": arrays.target}
         meta |= {"target_scale": LINEAR} if linear else {}  # absent: log1p, as ever
+        stats = learned_stats(meta)
         meta |= {
             f"{stats}_mean": round(float(learned.mean()), 6),
             f"{stats}_std": round(float(learned.std()) or 1.0, 6),

@@ -83,7 +83,7 @@ def outputs_of(estimator, objective: str, x: np.ndarray) -> torch.Tensor:
         probabilities = np.clip(estimator.predict_proba(x), 1e-12, 1.0)
         return torch.from_numpy(np.log(probabilities))
     prediction = estimator.predict(x).astype(np.float64)
-    if objective == "regression":
+    if OBJECTIVES[objective].log:
         prediction = np.log1p(np.clip(prediction, 0.0, None))
     return torch.from_numpy(prediction)[:, None]
 
@@ -127,7 +127,7 @@ def select_baselines(
             raise ValueError(f"baseline {name!r} is for {estimator_task}, not {task}")
         scores, best = [], None
         for value in grid:
-            estimator = make_estimator(name, value, seed, objective == "regression")
+            estimator = make_estimator(name, value, seed, OBJECTIVES[objective].log)
             estimator.fit(x_train, y_train)
             outputs = outputs_of(estimator, objective, x_val)
             metrics = OBJECTIVES[objective].metrics(outputs, y_val)
@@ -251,7 +251,6 @@ def log_baselines(
         tracker = Tracker(dataset, name, identity, role="baseline")
         tracker.start_execution(stage, tags)
         chosen = (params or {}).get(name, {})
-        for run_id in (tracker.run_id, tracker.parent):
-            tracker.log(run_id, params=chosen)
+        tracker.log_group_params(chosen)
         tracker.log(tracker.run_id, metrics=values)
         tracker.finish_execution(values)

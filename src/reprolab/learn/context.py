@@ -11,7 +11,7 @@ from torch import nn
 from reprolab.core import numerics, paths
 from reprolab.core.errors import ParamsError
 from reprolab.core.io import md5_file
-from reprolab.core.kinds import regression_score
+from reprolab.core.kinds import learned_stats
 from reprolab.core.schema import ModelSpec, Params, TrainParams, TuneParams
 from reprolab.learn.device import seed_everything, select_device
 from reprolab.learn.objectives import OBJECTIVES, objective_key
@@ -52,7 +52,7 @@ class ModelContext:
         meta = self.meta
         scale = None
         if self.task == "regression":  # the statistics of what it learns (log1p, or linear)
-            stats = "target_log1p" if regression_score(meta) == "rmsle" else "target"
+            stats = learned_stats(meta)
             scale = (meta[f"{stats}_mean"], meta[f"{stats}_std"])
         return ArchSpec(
             arch=self.spec.arch,

@@ -63,7 +63,7 @@ def regression_metrics(
     return {"rmsle": rmsle, "rmse": rmse, "r2": r2, "loss": rmsle}
 
 
-def target_values(outputs: np.ndarray, log: bool) -> np.ndarray:
+def predicted_targets(outputs: np.ndarray, log: bool) -> np.ndarray:
     """A regressor's outputs as targets: expm1 of its log1p outputs, never below zero (RMSLE),
     or the outputs themselves (a linear scale)."""
     return np.clip(np.expm1(outputs), 0.0, None) if log else outputs

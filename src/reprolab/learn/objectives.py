@@ -19,8 +19,8 @@ from reprolab.core.kinds import LINEAR, regression_score
 from reprolab.learn.metrics import (
     classification_metrics,
     confusion_rows,
+    predicted_targets,
     regression_metrics,
-    target_values,
 )
 
 
@@ -28,6 +28,7 @@ class Classification:
     name = "classification"
     score = "accuracy"  # the validation score logged beside the loss each epoch
     test_plot = "confusion"  # plots/<test_plot>/<model>.csv, dvc's confusion template
+    log = False  # its outputs are logits, never a log1p target (see Regression)
 
     def n_outputs(self, meta: dict) -> int:
         return len(meta["classes"])
@@ -110,7 +111,7 @@ class Regression:
 
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
         """Targets on their own scale (float64)."""
-        return target_values(outputs[:, 0].double().cpu().numpy(), self.log)
+        return predicted_targets(outputs[:, 0].double().cpu().numpy(), self.log)
 
     def metrics(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         return regression_metrics(y.double().cpu().numpy(), self.predictions(outputs), self.log)

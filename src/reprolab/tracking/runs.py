@@ -186,6 +186,12 @@ class Tracker:
                     raise
                 time.sleep(0.1)
 
+    def log_group_params(self, params: Mapping[str, Any]) -> None:
+        """``params`` on this execution's run and on its parent (the group's: every execution
+        logs the same values there)."""
+        for run_id in (self.run_id, self.parent):
+            self.log(run_id, params=params)
+
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 

@@ -17,8 +17,10 @@ log = logging.getLogger(__name__)
 
 
 def make_objective(
-    ctx: ModelContext, tracker: Tracker, parent: str, tags: dict[str, str]
+    ctx: ModelContext, tracker: Tracker, tags: dict[str, str]
 ) -> Callable[[optuna.Trial], float]:
+    """Optuna's objective for ``ctx``'s model: each trial an MLflow run nested under the tune
+    execution's run (``tracker.run_id``), its curve reported for pruning."""
     tune = ctx.tune
     task = get_task(ctx.task)
     fit_trial, key = task.trial_fitter(ctx), task.objective
@@ -28,7 +30,7 @@ def make_objective(
         weight_decay = trial.suggest_float(
             "weight_decay", tune.weight_decay.low, tune.weight_decay.high, log=True
         )
-        run_id = tracker.start_child(parent, f"trial-{trial.number}", tags)
+        run_id = tracker.start_child(tracker.run_id, f"trial-{trial.number}", tags)
         trial.set_user_attr("mlflow_run_id", run_id)
         tracker.log(run_id, params={"lr": lr, "weight_decay": weight_decay, "trial": trial.number})
 

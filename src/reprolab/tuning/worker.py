@@ -113,8 +113,7 @@ def start_tuning(ctx: ModelContext, stage: str, tags: dict[str, str]) -> Tracker
         "seed": ctx.params.seed,
         "study": name,
     }
-    for run_id in (tracker.run_id, tracker.parent):
-        tracker.log(run_id, params=config)
+    tracker.log_group_params(config)
     return tracker
 
 
@@ -132,7 +131,7 @@ def run_worker(ctx: ModelContext, tracker: Tracker, tags: dict[str, str]) -> int
         seed = sampler_seed(p.seed, ctx.name)
         study = open_study(name, seed, tune, storage)
         label_study(study, ctx)  # for optuna-dashboard: what it is, its objective's name
-    objective = make_objective(ctx, tracker, tracker.run_id, tags)
+    objective = make_objective(ctx, tracker, tags)
     return run_budget(study, storage, claim, seed, tune, objective)
 
 
@@ -250,10 +249,8 @@ def tune_model(ctx: ModelContext, tags: dict[str, str]) -> TuneResult:
         "study": name,
     }
     chosen = {"best.lr": best.params["lr"], "best.weight_decay": best.params["weight_decay"]}
-    tracker.log(tracker.parent, params=chosen)
-    tracker.log(
-        tracker.run_id, metrics={key: best.value}, params={**chosen, "best.trial": best.number}
-    )
+    tracker.log_group_params(chosen)
+    tracker.log(tracker.run_id, metrics={key: best.value}, params={"best.trial": best.number})
     tracker.finish_execution({key: best.value})
     return TuneResult(study=study, best_params=best_params, trials=trials_table(study))
 
