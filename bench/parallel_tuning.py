@@ -72,7 +72,7 @@ def params_for(model: str, trials: int, batch: int, seed: int) -> dict:
 def unsynchronised(study: optuna.Study, db: str, seed: int, ctx: ModelContext) -> None:
     """Tuning as it ran before batches (the baseline): no barrier, every trial sees all."""
     objective, tune = objective_of(ctx), ctx.tune
-    study.pruner = make_pruner(tune).inner  # Optuna's own, on every trial
+    study.pruner = make_pruner(tune, seed).inner  # Optuna's own, on every trial
     while True:
         with file_lock(f"{db}.lock"):
             states = [t.state for t in study.get_trials(deepcopy=False)]

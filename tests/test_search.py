@@ -24,6 +24,7 @@ from reprolab.core.io import file_lock
 from reprolab.core.schema import TuneParams
 from reprolab.learn.tensors import TensorData, subsample
 from reprolab.tuning.batches import slot_of
+from reprolab.tuning.pruners import SlotHyperband, make_pruner
 from reprolab.tuning.storage import study_lock
 from reprolab.tuning.worker import open_study, run_budget, sampler_seed
 
@@ -169,6 +170,31 @@ def test_every_pruner_resumes_a_killed_study_as_if_never_killed(
     else:  # another machine's worker is failed only once its heartbeat is stale (2 s)
         assert (failed.datetime_complete - failed.datetime_start).total_seconds() >= 2
     assert finished(killed, "mlp") == whole
+
+
+def test_hyperband_draws_brackets_from_the_seed_and_slot_not_the_study_name(
+    tmp_path: Path,
+) -> None:
+    """The study name carries the code's fingerprint: under a new name (after a refactor)
+    the same trials run, each in the same bracket; another seed draws other brackets."""
+    params = tune("hyperband", n_trials=12, startup=2, batch=3)
+
+    def brackets(pruner: SlotHyperband, study: optuna.Study) -> list[int]:
+        pruner._try_initialization(study)
+        return [pruner._get_bracket_id(study, t) for t in study.trials]
+
+    runs = []
+    for name in ("digits.mlp.0b6e73350e3f", "digits.mlp.9c41d2e07a58"):
+        search(tmp_path / f"{name}.db", "mlp", params, name=name)
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / name}.db")
+        runs.append((finished(tmp_path / f"{name}.db", "mlp", name), study))
+    (trials, study), (renamed_trials, renamed) = runs
+    assert trials == renamed_trials
+    drawn = brackets(make_pruner(params, sampler_seed(42, "mlp")).inner, study)
+    assert drawn == brackets(make_pruner(params, sampler_seed(42, "mlp")).inner, renamed)
+    assert len(set(drawn)) > 1  # more than one bracket: the draw is tested
+    other_seed = SlotHyperband(7, min_resource=1, max_resource=EPOCHS, reduction_factor=2)
+    assert brackets(other_seed, study) != drawn
 
 
 def test_a_retried_trial_is_never_taken_for_its_dead_workers(tmp_path: Path) -> None:

@@ -4,8 +4,10 @@ median: Optuna's MedianPruner. successive_halving and hyperband, multi-fidelity 
 1..``tune.epochs``: Optuna's pruners. Each compares a trial only with the finished trials of
 earlier batches (tuning/batches.py), so a trial's fate does not depend on which trials of its
 own batch happened to finish first, on how many workers ran, or on a killed trial's retry
-(a failed trial is no competitor). Hyperband assigns a trial's bracket by its slot, not by its
-Optuna number, which the retry of a killed trial (and every trial after it) gets anew.
+(a failed trial is no competitor). Hyperband draws a trial's bracket from its slot and the
+sampler's seed: Optuna's hashes the study name, which carries the code's fingerprint (an edit
+that changes no number would move trials to other brackets), and the trial's number, which
+the retry of a killed trial (and every trial after it) gets anew.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class BatchPruner(optuna.pruners.BasePruner):
 
 
 class SlotHyperband(optuna.pruners.HyperbandPruner):
+    def __init__(self, seed: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seed = seed
+
     def _create_bracket_study(self, study: optuna.Study, bracket_id: int) -> optuna.Study:
         if isinstance(study, EarlierBatches):  # a bracket of the view is the view of a bracket
             return study.like(super()._create_bracket_study(study.inner, bracket_id))
@@ -40,7 +46,7 @@ class SlotHyperband(optuna.pruners.HyperbandPruner):
             return 0
         place = slot_of(trial)
         place = trial.number if place is None else place
-        n = binascii.crc32(f"{study.study_name}_{place}".encode())
+        n = binascii.crc32(f"{self.seed}_{place}".encode())
         n %= self._total_trial_allocation_budget
         for bracket_id, budget in enumerate(self._trial_allocation_budgets):
             n -= budget
@@ -49,12 +55,14 @@ class SlotHyperband(optuna.pruners.HyperbandPruner):
         raise AssertionError("the bracket budgets sum to their total")
 
 
-def make_pruner(tune: TuneParams) -> optuna.pruners.BasePruner:
+def make_pruner(tune: TuneParams, seed: int) -> optuna.pruners.BasePruner:
     """``tune.pruner.kind``: median (stop a trial below the median of earlier ones at the
-    same epoch), or multi-fidelity: successive_halving / hyperband over 1..tune.epochs."""
+    same epoch), or multi-fidelity: successive_halving / hyperband over 1..tune.epochs
+    (``seed``, the sampler's, draws Hyperband's brackets)."""
     pruner = tune.pruner
     if pruner.kind == "hyperband":
         inner: optuna.pruners.BasePruner = SlotHyperband(
+            seed,
             min_resource=pruner.min_epochs,
             max_resource=tune.epochs,
             reduction_factor=pruner.reduction_factor,

@@ -67,7 +67,7 @@ def open_study(name: str, seed: int, tune: TuneParams, storage: RDBStorage) -> o
         direction="minimize",
         load_if_exists=True,
         sampler=batches.trial_sampler(seed, 0, tune),
-        pruner=make_pruner(tune),
+        pruner=make_pruner(tune, seed),
     )
 
 
