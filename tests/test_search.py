@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import random
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -40,15 +41,16 @@ def storage_at(url: str) -> RDBStorage:
     )
 
 
-def objective(die_in_trial: int | None = None, local: bool = True, jitter: float = 0.0):
+def objective(die_in_slot: int | None = None, local: bool = True, jitter: float = 0.0, died=None):
     """A smooth loss over (lr, weight decay) that improves per epoch, reported like the real
-    objective; with ``die_in_trial``, the process dies (no cleanup) in that trial's epoch 2.
+    objective; with ``die_in_slot``, the process that runs that slot dies (no cleanup) in its
+    epoch 2, unless the event ``died`` (shared by forked workers) says one died already.
     ``local=False``: the trial says it runs on another machine, whose processes this one
     cannot check (run_budget names each trial's worker, host:pid, before it runs).
     ``jitter``: each epoch sleeps up to that many seconds, unseeded, so that parallel
     workers finish their trials in a different order every run."""
-    started = []
     timing = random.Random(os.getpid() ^ time.perf_counter_ns())
+    died = threading.Event() if died is None else died
 
     def run(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
@@ -56,13 +58,14 @@ def objective(die_in_trial: int | None = None, local: bool = True, jitter: float
         assert trial.user_attrs["worker"] == f"{socket.gethostname()}:{os.getpid()}"
         if not local:
             trial.set_user_attr("worker", "a-machine-elsewhere:1")
-        started.append(trial.number)
         value = math.nan
         for epoch in range(1, EPOCHS + 1):
             value = (math.log10(lr) + 2.5) ** 2 + (math.log10(wd) + 4) ** 2 / 10 + 1 / epoch
             trial.report(value, epoch)
             time.sleep(timing.random() * jitter)
-            if die_in_trial is not None and len(started) == die_in_trial + 1 and epoch == 2:
+            dies = die_in_slot is not None and slot_of(trial) == die_in_slot and epoch == 2
+            if dies and not died.is_set():
+                died.set()
                 os._exit(9)  # a SIGKILL: no tell, no cleanup, the trial stays RUNNING
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -85,11 +88,12 @@ def search(
     db: Path | str,
     model: str,
     params: TuneParams,
-    die_in_trial: int | None = None,
+    die_in_slot: int | None = None,
     local: bool = True,
     jitter: float = 0.0,
     name: str | None = None,
     gate=None,
+    died=None,
 ) -> int:
     """One worker of the study (the tune stage's, or a `reprolab tune-worker`): ``db`` an
     SQLite file or an RDB URL; the study ``name`` (default study-<model>). ``gate``: a
@@ -101,7 +105,9 @@ def search(
     claim = study_lock(storage, study.study_name)
     if gate is not None:
         gate.wait(60)
-    return run_budget(study, storage, claim, seed, params, objective(die_in_trial, local, jitter))
+    return run_budget(
+        study, storage, claim, seed, params, objective(die_in_slot, local, jitter, died)
+    )
 
 
 def finished(db: Path | str, model: str, name: str | None = None) -> list[tuple]:
@@ -228,8 +234,8 @@ def test_a_retried_trial_is_never_taken_for_its_dead_workers(tmp_path: Path) -> 
     assert states.count(TrialState.FAIL) == 1  # the dead worker's, retried once
 
 
-# (workers from the start, a worker joining once this many trials finished, the trial in
-# which the first worker dies): every way of running the study must give the same trials.
+# (workers from the start, a worker joining once this many trials finished, the slot in
+# which its worker dies): every way of running the study must give the same trials.
 WAYS = [(2, None, None), (4, None, None), (1, 3, None), (2, None, 1)]
 
 
@@ -241,7 +247,7 @@ def parallel(url: str, params: TuneParams, way: tuple, name: str = "study-mlp") 
     fork = multiprocessing.get_context("fork")
     # The workers started together begin their trials together (a loaded machine can take
     # longer to start one than another needs for the whole study).
-    gate = fork.Barrier(workers)
+    gate, died = fork.Barrier(workers), fork.Event()
     procs = [
         fork.Process(
             target=search,
@@ -249,8 +255,9 @@ def parallel(url: str, params: TuneParams, way: tuple, name: str = "study-mlp") 
             kwargs={
                 "jitter": 0.03,
                 "name": name,
-                "die_in_trial": die if i == 0 else None,
+                "die_in_slot": die,
                 "gate": gate if i < workers else None,
+                "died": died,
             },
         )
         for i in range(workers + (join_after is not None))
@@ -262,9 +269,10 @@ def parallel(url: str, params: TuneParams, way: tuple, name: str = "study-mlp") 
         while len(finished_so_far(url, name)) < join_after and time.monotonic() < deadline:
             time.sleep(0.05)
         procs[-1].start()
-    for i, process in enumerate(procs):
+    for process in procs:
         process.join(120)
-        assert process.exitcode == (9 if i == 0 and die is not None else 0), way
+    exits = sorted(process.exitcode for process in procs)
+    assert exits == [0] * (len(procs) - (die is not None)) + [9] * (die is not None), way
     return {t.user_attrs["worker"] for t in finished_so_far(url, name)}
 
 
