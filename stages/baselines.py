@@ -26,8 +26,7 @@ def main(params, args) -> None:
     for name in ("train", "val"):
         members = open_npz(paths.split_file(args.kind, name))
         splits[name] = {"x": members["x"], "y": members["y"].load()}
-    # Train rows are read when picked (at most baselines.max_rows of them); val is scored whole.
-    splits["val"]["x"] = splits["val"]["x"].load()
+    # Train rows are read when picked (at most baselines.max_rows of them), val a chunk at a time.
     names = of_task(getattr(params.baselines, args.kind), task, f"baselines.{args.kind}")
     selected, fitted = select_baselines(
         names,

@@ -4,10 +4,9 @@ from reprolab.core.stage import imports_done, run_stage
 
 
 def main(params, args) -> None:
-    import numpy as np
-
     from reprolab.core import paths
     from reprolab.core.io import md5_file, write_json
+    from reprolab.core.npz import open_npz
     from reprolab.learn.baselines import FILE, evaluate_baselines, log_baselines
     from reprolab.learn.objectives import objective_key
     from reprolab.learn.tensors import load_meta
@@ -17,8 +16,8 @@ def main(params, args) -> None:
 
     meta = load_meta(paths.splits_dir(args.kind))
     task = meta["task"]
-    with np.load(paths.split_file(args.kind, "test")) as data:
-        test = {"x": data["x"], "y": data["y"]}
+    members = open_npz(paths.split_file(args.kind, "test"))  # x is read a chunk at a time
+    test = {"x": members["x"], "y": members["y"].load()}
     folder = paths.MODELS / "baselines" / args.kind
     results = evaluate_baselines(folder, test, objective_key(task, meta), meta)
     write_json(paths.METRICS / "baselines" / args.kind / "test.json", results)

@@ -164,3 +164,41 @@ def test_a_bad_memory_budget_is_one_line(monkeypatch) -> None:
     monkeypatch.setenv(npz.MEMORY_ENV, "lots")
     with pytest.raises(DataError, match="REPROLAB_SPLIT_MEMORY_MB='lots': expected"):
         npz.memory_budget()
+
+
+def test_baselines_score_a_split_left_on_disk_a_chunk_at_a_time(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Val and test rows stay in their file and are scored a chunk at a time (here chunks
+    of 7 rows): the selection, its scores and the test metrics are those of the arrays in
+    memory, bit for bit."""
+    from reprolab.learn.baselines import (
+        evaluate_baselines,
+        save_baselines,
+        select_baselines,
+        write_selection,
+    )
+
+    splits = {n: image_split(tmp_path / f"{n}.npz", seed=i) for i, n in enumerate(("a", "b"))}
+    train, val = ({"x": x, "y": y} for x, y in splits.values())
+    monkeypatch.setattr(npz, "CHUNK_BYTES", 7 * val["x"][0].nbytes)
+    members = open_npz(tmp_path / "b.npz")
+    on_disk = {"x": members["x"], "y": members["y"].load()}
+    assert len(list(npz.row_chunks(on_disk["x"]))) == 18  # 120 rows: 17 of 7, then 1
+    meta = {"classes": ["r", "g", "b"]}
+
+    def whole(member: npz.Member) -> np.ndarray:
+        raise AssertionError(f"{member.path.name}: loaded whole")
+
+    monkeypatch.setattr(npz.Member, "load", whole)
+    results = []
+    for scored in (val, on_disk):  # the val split is the test split here: the same rows
+        selected, fitted = select_baselines(
+            ["logistic_regression"], train, scored, "classification", 0, 100
+        )
+        folder = tmp_path / ("disk" if scored is on_disk else "memory")
+        save_baselines(fitted, folder)
+        write_selection(selected, folder, folder / "val.json")
+        test = evaluate_baselines(folder, scored, "classification", meta)
+        results.append(([(s.value, s.val, s.grid) for s in selected], test))
+    assert results[0] == results[1]

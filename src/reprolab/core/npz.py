@@ -135,6 +135,17 @@ class Member:
             done += got
 
 
+def row_chunks(x: np.ndarray | Member) -> Iterator[np.ndarray]:
+    """The rows of ``x`` (an array, or a split's member read from its file) in order,
+    ``chunk_rows`` at a time: the same chunks either way, whatever the memory budget."""
+    if isinstance(x, Member):
+        yield from x.chunks()
+        return
+    step = chunk_rows(x.itemsize * int(np.prod(x.shape[1:], dtype=np.int64)))
+    for start in range(0, len(x), step):
+        yield x[start : start + step]
+
+
 def open_npz(path: Path) -> dict[str, Member]:
     """Each member (name without .npy) of an uncompressed .npz, its header and size checked.
     A damaged file raises the error that np.load would (the caller words it for the user)."""

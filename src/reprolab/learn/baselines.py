@@ -21,6 +21,7 @@ import torch
 
 from reprolab.core.errors import CheckpointError, StageError
 from reprolab.core.io import atomic_path, read_json, write_json
+from reprolab.core.npz import row_chunks
 from reprolab.learn.objectives import OBJECTIVES
 
 # name -> (task, hyperparameter, grid)
@@ -88,6 +89,13 @@ def outputs_of(estimator, objective: str, x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(prediction)[:, None]
 
 
+def scored(estimator, objective: str, x) -> torch.Tensor:
+    """``outputs_of`` over the rows of ``x`` (an array, or a split's member left in its file)
+    a chunk at a time (core.npz.row_chunks): neither a val or test split larger than memory
+    nor its float64 copy is ever held whole."""
+    return torch.cat([outputs_of(estimator, objective, _flat(c)) for c in row_chunks(x)])
+
+
 def _flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.float64)
 
@@ -119,7 +127,7 @@ def select_baselines(
     x_train, y_train = _flat(train["x"][rows]), train["y"][rows]
     if task == "regression":
         y_train = y_train.astype(np.float64)  # log1p/expm1 round-trip exactly in float64
-    x_val, y_val = _flat(val["x"]), torch.from_numpy(val["y"])
+    y_val = torch.from_numpy(val["y"])
     selected, fitted = [], {}
     for name in names:
         estimator_task, hyper, grid = GRIDS[name]
@@ -129,7 +137,7 @@ def select_baselines(
         for value in grid:
             estimator = make_estimator(name, value, seed, OBJECTIVES[objective].log)
             estimator.fit(x_train, y_train)
-            outputs = outputs_of(estimator, objective, x_val)
+            outputs = scored(estimator, objective, val["x"])
             metrics = OBJECTIVES[objective].metrics(outputs, y_val)
             scores.append({hyper: value, **metrics})
             # Best: highest accuracy (classification) or lowest RMSLE (RMSE); then lowest loss.
@@ -227,7 +235,7 @@ def evaluate_baselines(folder: Path, test: dict, objective: str, meta: dict) -> 
     y = torch.from_numpy(test["y"])
     results = {}
     for name in selection:
-        outputs = outputs_of(fitted[name], objective, _flat(test["x"]))
+        outputs = scored(fitted[name], objective, test["x"])
         metrics, _ = OBJECTIVES[objective].test_report(outputs, y, meta)
         results[name] = metrics
     return results
