@@ -1,11 +1,12 @@
-"""Splits larger than memory: peak memory of split, train and evaluate on a synthetic image
-folder several times the memory they are allowed, and the throughput of a split read from
-disk a batch at a time against the same split held in memory.
+"""Splits larger than memory: peak memory of split, train, evaluate and the baselines on a
+synthetic image folder several times the memory they are allowed, and the throughput of a
+split read from disk a batch at a time against the same split held in memory.
 
 A synthetic ``root/<class>/<image>.png`` tree is generated under /tmp (never in the repo);
 each stage runs in its own process, as the pipeline runs it, through the library calls the
 stage scripts make: split (``imagefolder.load`` + ``write_splits``), one epoch of a small
-CNN (``load_split`` + ``engine.fit``), evaluation (``load_split`` + ``engine.predict``). Its
+CNN (``load_split`` + ``engine.fit``), evaluation (``load_split`` + ``engine.predict``), the
+baselines (``select_baselines`` and their test scoring, both stages in one process). Its
 peak resident memory (``wait4``'s ru_maxrss) and peak anonymous memory (/proc, polled) are
 printed, for the full tree and for a quarter of it (hard links): they must not grow with the
 dataset. The bound is stated above each stage's floor, the same stage's peak with 4 rows of
@@ -35,6 +36,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 10
+PHASES = ("split", "train", "evaluate", "baselines")
+BASELINE_ROWS = 500  # baselines.max_rows: the train rows a baseline fits on
 MIB = 1 << 20
 
 
@@ -164,6 +167,8 @@ def child(phase: str, work: Path, floor: bool) -> dict:
         meta = write_splits(arrays, work / "splits", 0.1, 0.1, seed=0)
         sizes = {f.name: f.stat().st_size for f in (work / "splits").glob("*.npz")}
         return {"rows": meta["sizes"], "bytes": sizes}
+    if phase == "baselines":
+        return baselines(work, floor)
     import torch
 
     from reprolab.core.schema import ModelSpec, TrainParams
@@ -210,12 +215,49 @@ def child(phase: str, work: Path, floor: bool) -> dict:
     return {"rows_per_s": len(test) / (time.perf_counter() - started), "accuracy": accuracy}
 
 
+def baselines(work: Path, floor: bool) -> dict:
+    """Stages baselines and evaluate_baselines: a logistic regression on BASELINE_ROWS train
+    rows (read as picked), its C chosen on val, scored on test; val and test are scored a
+    chunk at a time from their files. OOC_BASELINES_WHOLE=1: val and test read whole and
+    flattened to float64 at once, as the stages did before (for contrast)."""
+    import numpy as np
+    import torch
+
+    from reprolab.core.npz import open_npz
+    from reprolab.learn.baselines import _flat, outputs_of, select_baselines
+
+    def split(name: str) -> dict:
+        if floor:
+            return {"x": np.zeros((4, 3, 8, 8), np.uint8), "y": np.array([0, 1, 0, 1])}
+        members = open_npz(work / "splits" / f"{name}.npz")
+        return {"x": members["x"], "y": members["y"].load()}
+
+    train, val, test = split("train"), split("val"), split("test")
+    whole = os.environ.get("OOC_BASELINES_WHOLE") == "1"
+    if whole and not floor:
+        for data in (val, test):
+            data["x"] = data["x"].load()
+    started = time.perf_counter()
+    selected, fitted = select_baselines(
+        ["logistic_regression"], train, val, "classification", 0, BASELINE_ROWS
+    )
+    if whole and not floor:  # the old scoring: the whole split as float64 at once
+        outputs = outputs_of(fitted["logistic_regression"], "classification", _flat(test["x"]))
+    else:
+        from reprolab.learn.baselines import scored
+
+        outputs = scored(fitted["logistic_regression"], "classification", test["x"])
+    accuracy = float((outputs.argmax(1) == torch.from_numpy(test["y"])).float().mean())
+    return {"rows_per_s": (len(val["y"]) * 6 + len(test["y"])) / (time.perf_counter() - started),
+            "accuracy": accuracy, "C": selected[0].value}  # fmt: skip
+
+
 # ---- the parent ---------------------------------------------------------------------------
 
 
 def stages(work: Path, env: dict[str, str], log: Path) -> dict[str, dict]:
     shutil.rmtree(work / "splits", ignore_errors=True)
-    return {phase: measure(phase, work, env, log) for phase in ("split", "train", "evaluate")}
+    return {phase: measure(phase, work, env, log) for phase in PHASES}
 
 
 def throughput(work: Path, env: dict[str, str], log: Path, repeats: int) -> None:
@@ -281,7 +323,7 @@ def main() -> None:
     print(f"tree: {args.images} PNGs at {args.size // 2} px decoded to {args.size} px, "
           f"{folder_bytes(full / 'tree') / MIB:.0f} MiB on disk (generated in {made:.0f} s); "
           f"child output: {log}")  # fmt: skip
-    phases = ("split", "train", "evaluate")
+    phases = PHASES
     floors = {p: round(measure(p, full, env, log, floor=True)["rss"]) for p in phases}
     print(f"stated bound: peak RSS <= the stage's floor + {args.bound_mib:.0f} MiB, the floor "
           f"being its imports and one step on 4 rows (MiB: {floors}); "
@@ -315,6 +357,11 @@ def main() -> None:
         print(f"train with the splits in memory: peak RSS {r['rss']:.0f} MiB, "
               f"{r['rss'] - floors['train']:.0f} above its floor, "
               f"{r['rows_per_s']:.0f} rows/s ({r['rows_per_cpu_s']:.0f} per CPU s)")  # fmt: skip
+        r = measure("baselines", full, env | {"OOC_BASELINES_WHOLE": "1"}, log)
+        print(f"baselines with val and test read whole and flattened at once: peak RSS "
+              f"{r['rss']:.0f} MiB, {r['rss'] - floors['baselines']:.0f} above its floor, "
+              f"{r['s']:.1f} s, test accuracy {r['accuracy']:.4f} (chunked: "
+              f"{results['full']['baselines']['accuracy']:.4f})")  # fmt: skip
 
     if not args.keep:
         shutil.rmtree(args.root, ignore_errors=True)
