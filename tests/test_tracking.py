@@ -18,7 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from reprolab.tracking.champion import promote_champion
-from reprolab.tracking.lineage import code_diff
+from reprolab.tracking.lineage import MD5_TAG, PATH_TAG, code_diff, log_inputs
 from reprolab.tracking.models import VERSION_TAG, log_final_model
 from reprolab.tracking.runs import Tracker, experiment_name
 from reprolab.tracking.store import repair_moved_store
@@ -320,3 +320,40 @@ def test_a_store_fault_is_never_taken_for_no_alias(monkeypatch: pytest.MonkeyPat
     down = MlflowClient("http://127.0.0.1:9")  # the discard port: nothing answers
     with pytest.raises(MlflowException):
         _alias_holder(down, "toy-mlp")
+
+
+def test_inputs_another_workspace_logged_first_are_found_not_inserted_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workspaces on one server log the same split inputs into their shared parent run
+    at once; MLflow checks, then inserts, so the later insert fails (PostgreSQL's words
+    below, from a CI run). The loser tries again, finds the inputs and inserts nothing;
+    any other error goes up at once."""
+    _workspace(tmp_path, monkeypatch)
+    tracker = Tracker("toy", "mlp", "s1")
+    run_id = tracker.start_child(tracker.parent_run_id({}), "tune@mlp #1", {}, "execution")
+    tags = {f"{MD5_TAG}train": "a" * 32, f"{PATH_TAG}train": "data/splits/image/train.npz"}
+    client, real, calls = tracker.client, tracker.client.log_inputs, []
+    lost = (
+        "RestException: BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value"
+        ' violates unique constraint "dataset_pk"'
+    )
+
+    def racing(run: str, datasets: list) -> None:
+        calls.append(len(datasets))
+        if len(calls) == 1:  # the other workspace's insert lands first
+            real(run, datasets=datasets)
+            raise mlflow.exceptions.MlflowException(lost)
+        real(run, datasets=datasets)
+
+    monkeypatch.setattr(client, "log_inputs", racing)
+    log_inputs(client, run_id, "toy", tags)
+    assert calls == [1]  # the retry found the input held: nothing inserted twice
+    assert [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs] == ["toy-train"]
+
+    def broken(run: str, datasets: list) -> None:
+        raise mlflow.exceptions.MlflowException("connection refused")
+
+    monkeypatch.setattr(client, "log_inputs", broken)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="connection refused"):
+        log_inputs(client, run_id, "toy", tags | {f"{MD5_TAG}train": "b" * 32})

@@ -13,6 +13,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from reprolab.tracking.store import retrying_duplicates
+
 CONTEXTS = {"train": "train", "val": "validation", "test": "test"}
 MD5_TAG, PATH_TAG = "reprolab.data_md5.", "reprolab.data_path."
 # What a run's result depends on besides the data: a diff here is logged with the run.
@@ -39,15 +41,19 @@ def dataset_inputs(dataset: str, tags: Mapping[str, str]) -> list[DatasetInput]:
 
 
 def log_inputs(client: MlflowClient, run_id: str, dataset: str, tags: Mapping[str, str]) -> None:
-    """Log the split inputs the run does not hold yet (stages log into one parent run)."""
-    held = {
-        (d.dataset.digest, d.dataset.name) for d in client.get_run(run_id).inputs.dataset_inputs
-    }
-    new = [
-        i for i in dataset_inputs(dataset, tags) if (i.dataset.digest, i.dataset.name) not in held
-    ]
-    if new:
-        client.log_inputs(run_id, datasets=new)
+    """Log the split inputs the run does not hold yet (stages log into one parent run, which
+    two workspaces on one server share: one that loses the race to insert finds them then)."""
+
+    def log_missing() -> None:
+        held = {
+            (d.dataset.digest, d.dataset.name) for d in client.get_run(run_id).inputs.dataset_inputs
+        }
+        inputs = dataset_inputs(dataset, tags)
+        new = [i for i in inputs if (i.dataset.digest, i.dataset.name) not in held]
+        if new:
+            client.log_inputs(run_id, datasets=new)
+
+    retrying_duplicates(log_missing)
 
 
 def _git(*args: str) -> subprocess.CompletedProcess | None:
@@ -81,7 +87,8 @@ def log_code_diff(client: MlflowClient, run_id: str) -> None:
     if run_id in _DIFF_LOGGED:
         return
     diff = code_diff()
-    client.set_tag(run_id, "reprolab.git_dirty", "true" if diff else "false")
+    dirty = "true" if diff else "false"
+    retrying_duplicates(lambda: client.set_tag(run_id, "reprolab.git_dirty", dirty))
     if diff:
         client.log_text(run_id, diff, "lineage/git.diff")
     _DIFF_LOGGED.add(run_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Mapping
@@ -24,7 +23,12 @@ from reprolab.core.paths import stage_name
 from reprolab.core.stage import FAILURE_HOOKS, STORE_FAULTS
 from reprolab.tracking.lineage import log_code_diff, log_inputs
 from reprolab.tracking.pages import KIND, KIND_TAG
-from reprolab.tracking.store import artifact_root, open_store, store_lock
+from reprolab.tracking.store import (
+    artifact_root,
+    open_store,
+    retrying_duplicates,
+    store_lock,
+)
 from reprolab.tracking.tags import parent_run_name
 
 TAG_MODEL = "reprolab.model"
@@ -142,8 +146,9 @@ class Tracker:
         _EXECUTIONS.pop((self.dataset, self.model, self.study), None)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        """All in one batched call (a stage sets about twenty)."""
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        """All in one batched call (a stage sets about twenty; retried as ``log``)."""
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        retrying_duplicates(lambda: self.client.log_batch(run_id, tags=batch))
 
     def start_child(
         self, parent_id: str, name: str, tags: Mapping[str, str], role: str = "trial"
@@ -174,17 +179,9 @@ class Tracker:
         """One batched call: metrics at ``step`` and params (retried if another workspace
         inserted one of the params of a shared run at the same moment: it finds it then)."""
         now = int(time.time() * 1000)
-        for attempt in range(3):
-            try:
-                return self.client.log_batch(
-                    run_id,
-                    metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
-                    params=[Param(k, str(v)) for k, v in (params or {}).items()],
-                )
-            except mlflow.exceptions.MlflowException as err:  # params go in before metrics
-                if attempt == 2 or not re.search(r"duplicate key|UNIQUE constraint", str(err)):
-                    raise
-                time.sleep(0.1)
+        metrics_ = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+        params_ = [Param(k, str(v)) for k, v in (params or {}).items()]
+        retrying_duplicates(lambda: self.client.log_batch(run_id, metrics=metrics_, params=params_))
 
     def log_group_params(self, params: Mapping[str, Any]) -> None:
         """``params`` on this execution's run and on its parent (the group's: every execution

@@ -22,13 +22,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from reprolab.core.io import file_lock
 from reprolab.core.paths import workspace_root
+
+T = TypeVar("T")
 
 ARTIFACTS = "mlartifacts"
 # Every column holding an artifact location under an experiment's (absent ones are skipped:
@@ -40,6 +46,24 @@ LOCATIONS = [
     ("model_versions", "storage_location"),
 ]
 log = logging.getLogger(__name__)
+# What MLflow's SQL store raises when two processes insert the same row at once: it checks,
+# then inserts (a dataset, an input, a param or a tag of a run two workspaces share).
+_DUPLICATE = re.compile(r"duplicate key|UNIQUE constraint")
+
+
+def retrying_duplicates(call: Callable[[], T]) -> T:
+    """``call()``, again (3 tries in all) when it lost such a race: the row is there by then,
+    and MLflow finds it instead of inserting it (mlflow/mlflow#8442)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            return call()
+        except MlflowException as err:
+            if attempt == 2 or not _DUPLICATE.search(str(err)):
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def sqlite_file(uri: str) -> Path | None:
