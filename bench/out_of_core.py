@@ -224,7 +224,7 @@ def baselines(work: Path, floor: bool) -> dict:
     import torch
 
     from reprolab.core.npz import open_npz
-    from reprolab.learn.baselines import _flat, outputs_of, select_baselines
+    from reprolab.learn.baselines import _flat, outputs_of, scored, select_baselines
 
     def split(name: str) -> dict:
         if floor:
@@ -244,8 +244,6 @@ def baselines(work: Path, floor: bool) -> dict:
     if whole and not floor:  # the old scoring: the whole split as float64 at once
         outputs = outputs_of(fitted["logistic_regression"], "classification", _flat(test["x"]))
     else:
-        from reprolab.learn.baselines import scored
-
         outputs = scored(fitted["logistic_regression"], "classification", test["x"])
     accuracy = float((outputs.argmax(1) == torch.from_numpy(test["y"])).float().mean())
     return {"rows_per_s": (len(val["y"]) * 6 + len(test["y"])) / (time.perf_counter() - started),
